@@ -1,0 +1,67 @@
+"""Checkpoint files: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and Python primitives (see ``docs/design.md``), so it can
+be read without unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+REQUIRED_KEYS = ("format_version", "model", "model_config", "classes")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a focaldet checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
+    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+
+    A crash while saving leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a focaldet checkpoint with ``weights_only=True`` and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise CheckpointError(f"checkpoint {path} could not be read: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not a focaldet checkpoint: missing {', '.join(missing)}"
+        )
+    if obj["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format {obj['format_version']}; this focaldet reads up to "
+            f"{FORMAT_VERSION}"
+        )
+    return obj
