@@ -1,0 +1,79 @@
+"""Image decoding: any common file → RGB ``uint8`` array ``(H, W, 3)``.
+
+OpenCV decodes first: it is faster than PIL on JPEG (see docs/benchmarks.md), applies the EXIF
+orientation, replicates grayscale, expands palettes, drops alpha and scales 16-bit samples to
+8 bits (``v >> 8``). PIL is the fallback for what OpenCV cannot read (GIF, some TIFFs); there the
+same rules are applied by hand, because PIL's own ``convert("RGB")`` clips 16-bit values to 255
+instead of scaling them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+"""OpenCV ≥ 4.10 decodes straight to RGB, saving a full-image channel swap."""
+
+
+class ImageDecodeError(OSError):
+    """An image file exists but cannot be decoded by OpenCV or PIL."""
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """PIL image of any mode → RGB ``uint8`` ``(H, W, 3)``, EXIF orientation applied."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale (PIL may widen it to mode "I"): scale to 8 bits as OpenCV does.
+        array = np.clip(np.asarray(image, dtype=np.int64), 0, 0xFFFF)
+        gray = (array >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to a contiguous RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+    Handles grayscale, RGBA/LA (alpha dropped), palette, 16-bit and EXIF-rotated images.
+    Raises ``FileNotFoundError`` for a missing file and ``ImageDecodeError`` naming the file when
+    neither decoder can read it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if _IMREAD_RGB is not None:
+        rgb = cv2.imread(str(path), _IMREAD_RGB)
+        if rgb is not None:
+            return rgb
+    else:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    try:
+        with Image.open(path) as image:
+            return np.ascontiguousarray(_pil_to_rgb(image))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of the image at ``path`` after EXIF orientation, from its header only.
+
+    Raises like :func:`read_image`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
+    # EXIF orientations 5..8 transpose the image (90° rotations).
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return height, width

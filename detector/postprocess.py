@@ -1,0 +1,114 @@
+"""Detections from dense RetinaNet outputs (Lin et al., 2017, §4 "Inference"): per level keep
+the top-scoring (anchor, class) pairs above a threshold, decode them, then class-aware NMS."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detector.box_coder import BoxCoder
+from detector.retinanet import DenseOutputs
+
+
+def topk_per_level(
+    cls_logits: Tensor, num_anchors_per_level: list[int], k: int
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest logits of each level over (anchors × classes), batched over images.
+
+    ``cls_logits`` (N, R, K) → logits (N, C) and flat indices ``anchor * K + class`` (N, C) into
+    the image's (R × K), C = Σ_l min(k, R_l K). Top-k on logits equals top-k on sigmoid scores
+    (monotonic), so the sigmoid runs on the C survivors only.
+    """
+    num_classes = cls_logits.shape[-1]
+    values, indices = [], []
+    start = 0
+    for count in num_anchors_per_level:
+        level = cls_logits[:, start : start + count].reshape(cls_logits.shape[0], -1)
+        top, idx = level.topk(min(k, level.shape[1]), dim=1)
+        values.append(top)
+        indices.append(idx + start * num_classes)
+        start += count
+    return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+class RetinaNetPostProcessor(nn.Module):
+    """Turn ``DenseOutputs`` into per-image detections, in float32.
+
+    Args:
+        box_coder: decodes the selected deltas.
+        score_thresh: minimum sigmoid score kept (0.05, §4 "Inference").
+        topk_candidates: at most this many (anchor, class) pairs per level (1000).
+        nms_thresh: IoU threshold of class-aware NMS (0.5).
+        detections_per_img: detections kept per image after NMS, best first (100).
+
+    Selection (top-k, threshold, decode, clipping) is batched over images; NMS runs per image
+    with ``torchvision.ops.batched_nms`` (class-aware), the only per-image step, since each image
+    keeps a different number of candidates.
+    """
+
+    def __init__(
+        self,
+        box_coder: BoxCoder,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if topk_candidates < 1 or detections_per_img < 1:
+            raise ValueError(
+                "RetinaNetPostProcessor: topk_candidates and detections_per_img must be >= 1, got "
+                f"{topk_candidates} and {detections_per_img}"
+            )
+        self.box_coder = box_coder
+        self.score_thresh = float(score_thresh)
+        self.topk_candidates = int(topk_candidates)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+
+    @torch.no_grad()
+    def forward(self, outputs: DenseOutputs, orig_sizes: Tensor | None = None) -> list[dict]:
+        """One dict per image: ``boxes`` (D, 4) xyxy in original-image pixels, ``scores`` (D,),
+        ``labels`` (D,) int64, best first.
+
+        ``orig_sizes`` (N, 2) are the ``(h, w)`` the images had before the data pipeline resized
+        them to ``outputs.image_sizes``; ``None`` keeps the model-input coordinates.
+        """
+        cls_logits, box_deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
+        num_images, _, num_classes = cls_logits.shape
+        sizes = outputs.image_sizes.to(anchors.device, torch.float32)
+        orig = sizes if orig_sizes is None else torch.as_tensor(orig_sizes).to(sizes)
+        if orig.shape != sizes.shape:
+            raise ValueError(
+                f"RetinaNetPostProcessor: orig_sizes must be {tuple(sizes.shape)}, "
+                f"got {tuple(orig.shape)}"
+            )
+        logits, flat = topk_per_level(
+            cls_logits, outputs.num_anchors_per_level, self.topk_candidates
+        )
+        scores = torch.sigmoid(logits.float())  # (N, C)
+        anchor_idx = torch.div(flat, num_classes, rounding_mode="floor")
+        labels = flat % num_classes
+        deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))
+        boxes = self.box_coder.decode(anchors[anchor_idx], deltas)  # (N, C, 4)
+        # Clip to the valid image, then scale to the original size (ratio = orig / input).
+        h, w = sizes[:, 0, None], sizes[:, 1, None]
+        boxes = torch.stack(
+            (
+                boxes[..., 0].clamp(min=0).minimum(w),
+                boxes[..., 1].clamp(min=0).minimum(h),
+                boxes[..., 2].clamp(min=0).minimum(w),
+                boxes[..., 3].clamp(min=0).minimum(h),
+            ),
+            dim=-1,
+        )
+        ratio = (orig / sizes).flip(1).repeat(1, 2)[:, None, :]  # (N, 1, 4) as (w, h, w, h)
+        boxes = torch.minimum(boxes * ratio, orig.flip(1).repeat(1, 2)[:, None, :])
+        keep = scores > self.score_thresh
+        detections = []
+        for i in range(num_images):
+            b, s, lab = boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]
+            kept = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": b[kept], "scores": s[kept], "labels": lab[kept]})
+        return detections

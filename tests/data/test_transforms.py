@@ -1,0 +1,84 @@
+"""Transforms: the shortest-edge resize rule, box/label/crowd consistency, eval determinism."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from data.transforms import ResizeShortestEdge, build_transforms, resized_shape
+
+
+def _run(transform, image, boxes, labels, iscrowd):
+    return transform(image=image, bboxes=boxes, labels=labels, iscrowd=iscrowd)
+
+
+@pytest.mark.parametrize(
+    ("hw", "short", "max_size", "expected"),
+    [
+        ((480, 640), 800, 1333, (800, 1067)),  # 640 * 800 / 480 = 1066.67
+        ((640, 480), 800, 1333, (1067, 800)),
+        ((500, 2000), 800, 1333, (333, 1333)),  # capped by the longer side: 500 * 1333 / 2000
+        ((417, 650), 600, 1000, (600, 935)),  # 650 * 600 / 417 = 935.25
+        ((800, 800), 800, 1333, (800, 800)),
+    ],
+)
+def test_resized_shape(hw, short, max_size, expected):
+    assert resized_shape(*hw, short, max_size) == expected
+
+
+def test_resize_scales_boxes_with_image():
+    transform = build_transforms([ResizeShortestEdge(short_sizes=[60], max_size=1000)])
+    image = np.zeros((30, 40, 3), np.uint8)
+    boxes = np.array([[4, 3, 10, 9]], np.float32)
+    out = _run(transform, image, boxes, np.array([2]), np.array([True]))
+    assert out["image"].shape == (60, 80, 3)
+    np.testing.assert_allclose(out["bboxes"], [[8, 6, 20, 18]], atol=1e-4)
+    assert list(out["labels"]) == [2] and list(out["iscrowd"]) == [True]
+
+
+def test_multiscale_draws_every_size_and_seed_repeats():
+    nodes = [{"_target_": "data.transforms.ResizeShortestEdge", "short_sizes": [10, 20, 30]}]
+    image = np.zeros((5, 5, 3), np.uint8)
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+
+    def heights(seed):
+        transform = build_transforms(nodes, seed=seed)
+        return [_run(transform, image, *empty)["image"].shape[0] for _ in range(30)]
+
+    assert set(heights(0)) == {10, 20, 30}
+    assert heights(0) == heights(0)
+
+
+def test_flip_and_clip_drop_keep_labels_aligned():
+    nodes = OmegaConf.create([{"_target_": "albumentations.HorizontalFlip", "p": 1.0}])
+    transform = build_transforms(nodes)
+    image = np.zeros((10, 20, 3), np.uint8)
+    boxes = np.array([[0, 0, 5, 5], [18, 1, 25, 9], [19.6, 0, 21, 5], [2, 2, 4, 9]], np.float32)
+    labels = np.array([0, 1, 2, 3])
+    iscrowd = np.array([False, True, False, True])
+    out = _run(transform, image, boxes, labels, iscrowd)
+    # Box 1 is clipped to x <= 20, box 2 keeps 0.4 px and is dropped with its label and flag.
+    np.testing.assert_allclose(
+        out["bboxes"], [[15, 0, 20, 5], [0, 1, 2, 9], [16, 2, 18, 9]], atol=1e-4
+    )
+    assert list(out["labels"]) == [0, 1, 3]
+    assert list(out["iscrowd"]) == [False, True, True]
+
+
+def test_eval_rejects_random_transforms_and_bad_nodes():
+    flip = {"_target_": "albumentations.HorizontalFlip", "p": 0.5}
+    with pytest.raises(ValueError, match="deterministic, but HorizontalFlip is applied with p=0.5"):
+        build_transforms([flip], train=False)
+    assert isinstance(build_transforms([flip], train=True), A.Compose)
+    with pytest.raises(ValueError, match="must be a mapping with a _target_"):
+        build_transforms([{"short_sizes": [800]}])
+    with pytest.raises(ValueError, match="short_sizes must be positive sizes, got \\[\\]"):
+        ResizeShortestEdge(short_sizes=[])
+
+
+def test_bbox_params():
+    params = build_transforms([ResizeShortestEdge()]).processors["bboxes"].params
+    assert params.format == "pascal_voc" and params.label_fields == ["labels", "iscrowd"]
+    assert params.clip and params.min_width == 1.0 and params.min_height == 1.0

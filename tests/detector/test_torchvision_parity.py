@@ -1,0 +1,150 @@
+"""focaldet's converted RetinaNet against a seeded torchvision ``retinanet_resnet50_fpn``."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models.detection import retinanet_resnet50_fpn
+
+from detector import build_from_checkpoint, convert_torchvision_state_dict
+from detector.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOL = ROOT / "tools" / "convert_torchvision.py"
+HEIGHT, WIDTH = 256, 384  # multiples of 128: neither model pads differently
+SCORE_THRESH = 0.1
+
+
+@pytest.fixture(scope="module")
+def torchvision_model():
+    torch.manual_seed(0)
+    model = retinanet_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=91,
+        min_size=HEIGHT,
+        max_size=WIDTH,
+        score_thresh=SCORE_THRESH,
+        detections_per_img=100,
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # Non-trivial BatchNorm statistics and a sharper head, so that the comparison sees
+        # varied features and many detections above the threshold.
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        model.head.classification_head.cls_logits.weight.normal_(0, 0.3, generator=g)
+        model.head.regression_head.bbox_reg.weight.normal_(0, 0.05, generator=g)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(torchvision_model):
+    # nn.BatchNorm2d's eps (1e-5) becomes the FrozenBatchNorm eps.
+    return convert_torchvision_state_dict(torchvision_model.state_dict(), bn_eps=1e-5)
+
+
+def test_same_anchors_head_outputs_and_detections(torchvision_model, checkpoint):
+    model, post, classes = build_from_checkpoint(checkpoint)
+    post.score_thresh = SCORE_THRESH
+    g = torch.Generator().manual_seed(2)
+    images = [torch.rand(3, HEIGHT, WIDTH, generator=g)]
+    tv = torchvision_model
+    with torch.no_grad():
+        image_list, _ = tv.transform(images)
+        assert image_list.tensors.shape == (1, 3, HEIGHT, WIDTH)
+        features = list(tv.backbone(image_list.tensors).values())
+        tv_head = tv.head(features)
+        tv_anchors = tv.anchor_generator(image_list, features)[0]
+        tv_dets = tv(images)
+        outputs = model(images)
+        dets = post(outputs)
+    torch.testing.assert_close(outputs.anchors, tv_anchors, rtol=0, atol=0)
+    torch.testing.assert_close(outputs.cls_logits, tv_head["cls_logits"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(outputs.box_deltas, tv_head["bbox_regression"], rtol=0, atol=1e-4)
+    for ours, theirs in zip(dets, tv_dets, strict=True):
+        assert len(ours["boxes"]) == len(theirs["boxes"]) == 100
+        torch.testing.assert_close(ours["boxes"], theirs["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(ours["scores"], theirs["scores"], rtol=0, atol=1e-5)
+        assert ours["labels"].tolist() == theirs["labels"].tolist()
+    assert len(classes) == 91
+
+
+def test_checkpoint_format(checkpoint, tmp_path):
+    assert checkpoint["format_version"] == 1
+    assert checkpoint["model_config"]["_target_"] == "detector.RetinaNet"
+    assert checkpoint["model_config"]["fpn"]["p6_from"] == "p5"
+    assert checkpoint["model_config"]["head"]["num_classes"] == 91
+    classes = checkpoint["classes"]
+    assert classes[0] == {"id": 0, "name": "unused_0"}
+    assert classes[1] == {"id": 1, "name": "person"} and classes[12]["name"] == "unused_12"
+    assert classes[90] == {"id": 90, "name": "toothbrush"}
+    path = save_checkpoint(tmp_path / "tv.pt", checkpoint)
+    model, post, _ = build_from_checkpoint(load_checkpoint(path))
+    assert post.score_thresh == 0.05 and post.detections_per_img == 100
+    assert model.backbone.bn1.eps == 1e-5
+    assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
+
+
+def test_converter_rejects_wrong_state_dicts(torchvision_model):
+    state = torchvision_model.state_dict()
+    with pytest.raises(ValueError, match="no 'head.classification_head.cls_logits.weight'"):
+        convert_torchvision_state_dict({"x": torch.zeros(1)})
+    wrong = dict(state)
+    wrong["head.classification_head.cls_logits.weight"] = torch.zeros(9 * 80, 256, 3, 3)
+    with pytest.raises(ValueError, match="got 720"):
+        convert_torchvision_state_dict(wrong)
+    extra = dict(state)
+    extra["roi_heads.box_predictor.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unexpected key 'roi_heads"):
+        convert_torchvision_state_dict(extra)
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("convert_torchvision", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_command_line_tool(torchvision_model, tmp_path):
+    tool = _load_tool()
+    src, out = tmp_path / "tv.pth", tmp_path / "out" / "focaldet.pt"
+    torch.save({"model": torchvision_model.state_dict()}, src)
+    assert tool.main([f"src={src}", f"out={out}", "bn_eps=1e-5"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt["model_config"]["backbone"]["norm_eps"] == 1e-5
+    torch.testing.assert_close(
+        ckpt["model"]["head.cls_score.weight"],
+        torchvision_model.state_dict()["head.classification_head.cls_logits.weight"],
+    )
+    with pytest.raises(SystemExit, match="nope.pth: no such file"):
+        tool.main([f"src={tmp_path / 'nope.pth'}", f"out={out}"])
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(SystemExit, match="not a torchvision retinanet_resnet50_fpn"):
+        tool.main([f"src={bad}", f"out={out}"])
+    (tmp_path / "text.pth").write_text("not a tensor file")
+    with pytest.raises(SystemExit, match="cannot be read as a PyTorch file"):
+        tool.main([f"src={tmp_path / 'text.pth'}", f"out={out}"])
+    with pytest.raises(SystemExit, match="bn_eps must be a number"):
+        tool.main([f"src={src}", f"out={out}", "bn_eps=x"])
+
+
+def test_command_line_usage_as_a_script():
+    done = subprocess.run(
+        [sys.executable, str(TOOL), "src=a.pth", "dst=b.pt"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "unknown argument 'dst=b.pt'" in done.stderr and "usage:" in done.stderr
