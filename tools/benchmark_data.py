@@ -1,109 +1,188 @@
 """Data-pipeline benchmark: decode + train transform throughput of one worker (img/s).
 
     python tools/benchmark_data.py [ann_dir=...] [img_dir=...] [short_size=800] [max_size=1333]
-                                   [passes=3] [limit=0]
+                                   [passes=7] [limit=0] [pil=true]
 
-Runs, side by side in one single-threaded process over the same photos and boxes (default: the
-shared raccoon VOC set), three equivalent pipelines — shorter side to ``short_size`` with the
-longer side capped at ``max_size``, random horizontal flip, boxes clipped and filtered, output a
-uint8 ``(3, H, W)`` tensor:
+Runs, side by side in one process on one thread (``torch.set_num_threads(1)``,
+``cv2.setNumThreads(1)``: the figure of one DataLoader worker), equivalent pipelines over the same
+photos and boxes (default: the shared raccoon VOC set), each giving what a worker hands to the
+collate: a uint8 ``(3, H, W)`` RGB tensor with EXIF orientation applied, the shorter side resized
+to ``short_size`` (longer side at most ``max_size``, :func:`data.transforms.resized_shape`),
+bilinear, flipped horizontally with p = 0.5, and float32 ``(M, 4)`` xyxy boxes clipped to the
+image, boxes under 1 px dropped together with their ``labels`` and ``iscrowd``:
 
-- ``focaldet``: OpenCV decode (:func:`data.decode.read_image`) + the albumentations pipeline of
-  :func:`data.transforms.build_transforms`;
-- ``torchvision_v2_tensor``: ``torchvision.io.decode_image`` + ``transforms.v2`` on tensors;
-- ``torchvision_v2_pil``: PIL decode + ``transforms.v2`` on PIL images, then ``PILToTensor``.
+- ``focaldet``: :class:`data.coco.CocoDetection` ``__getitem__`` (OpenCV decode, then the
+  albumentations pipeline that :func:`data.transforms.build_transforms` builds from the same
+  ``_target_`` nodes as ``configs/data/coco.yaml``);
+- ``torchvision.io + transforms.v2``: ``decode_image(..., apply_exif_orientation=True)`` and a
+  ``transforms.v2`` pipeline on tensors (resize with the same size rule, ``RandomHorizontalFlip``,
+  ``ClampBoundingBoxes``, ``SanitizeBoundingBoxes``);
+- ``PIL + transforms.v2`` (``pil=true``): the same on PIL images, then ``PILToTensor``.
 
-The pipelines are interleaved pass by pass and the best pass of each is reported, which damps
-the noise of a shared CPU.
+Before timing, every image goes once through each pipeline with the flip off and once with it on,
+and the outputs are compared: same shapes, boxes within 1e-3 px, same labels and crowd flags,
+and on upscaled images pixels within the bilinear kernels' rounding (mean |difference| ≤ 2
+levels; on downscaled ones ``transforms.v2`` antialiases by default and OpenCV does not). The
+timed passes then alternate the pipelines (order rotated each pass); the median pass of each is
+reported.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import cv2
-import numpy as np
 import torch
 import torchvision
 from omegaconf import OmegaConf
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
+from data.coco import CocoDetection
 from data.convert import voc_to_coco
-from data.decode import read_image
-from data.transforms import ResizeShortestEdge, build_transforms
+from data.transforms import build_transforms, resized_shape
 
 RACCOON = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "raccoon"
 
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""image uint8 (3, H, W), boxes float32 (M, 4) xyxy, labels int64 (M,), iscrowd bool (M,)."""
 
-def _samples(ann_dir: Path, img_dir: Path, limit: int) -> list[tuple[Path, np.ndarray]]:
-    """(image path, xyxy boxes (M, 4) float32) for each image of the VOC set."""
-    coco = voc_to_coco(ann_dir, img_dir)
-    boxes: dict[int, list[list[float]]] = {image["id"]: [] for image in coco["images"]}
-    for ann in coco["annotations"]:
-        x, y, w, h = ann["bbox"]
-        boxes[ann["image_id"]].append([x, y, x + w, y + h])
-    samples = [
-        (img_dir / image["file_name"], np.array(boxes[image["id"]], np.float32).reshape(-1, 4))
-        for image in coco["images"]
+
+def focaldet_pipeline(
+    ann_file: Path, img_dir: Path, short_size: int, max_size: int, flip_p: float
+) -> tuple[Callable[[int], Sample], int]:
+    """The training dataset's ``__getitem__`` with the nodes of ``configs/data/coco.yaml``."""
+    nodes = [
+        {
+            "_target_": "data.transforms.ResizeShortestEdge",
+            "short_sizes": [short_size],
+            "max_size": max_size,
+        },
+        {"_target_": "albumentations.HorizontalFlip", "p": flip_p},
     ]
-    return samples[:limit] if limit > 0 else samples
+    dataset = CocoDetection(ann_file, img_dir, transforms=build_transforms(nodes, seed=0))
+
+    def run(index: int) -> Sample:
+        image, target = dataset[index]
+        return image, target["boxes"], target["labels"], target["iscrowd"]
+
+    return run, len(dataset)
 
 
-def focaldet_pipeline(short_size: int, max_size: int) -> Callable[[Path, np.ndarray], Any]:
-    """OpenCV decode + albumentations resize/flip, as the training dataset runs it."""
-    transform = build_transforms(
-        [ResizeShortestEdge(short_sizes=[short_size], max_size=max_size), A.HorizontalFlip(p=0.5)],
-        seed=0,
-    )
+class ShortestEdgeResize(v2.Transform):
+    """``transforms.v2`` resize to :func:`data.transforms.resized_shape` (bilinear, antialias).
 
-    def run(path: Path, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = np.zeros(len(boxes), np.int64)
-        out = transform(image=read_image(path), bboxes=boxes, labels=labels, iscrowd=labels > 0)
-        image = torch.from_numpy(out["image"]).permute(2, 0, 1)
-        return image, torch.from_numpy(np.asarray(out["bboxes"], np.float32).reshape(-1, 4))
+    ``v2.Resize(size, max_size)`` floors the longer side where ours rounds it, which would leave
+    the two pipelines 1 px apart; the kernel is the same ``F.resize`` ``v2.Resize`` calls.
+    """
 
-    return run
+    def __init__(self, short_size: int, max_size: int) -> None:
+        super().__init__()
+        self.short_size = short_size
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"size": list(resized_shape(height, width, self.short_size, self.max_size))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
 
 
 def torchvision_pipeline(
-    short_size: int, max_size: int, use_pil: bool
-) -> Callable[[Path, np.ndarray], Any]:
+    ann_file: Path, img_dir: Path, short_size: int, max_size: int, flip_p: float, use_pil: bool
+) -> Callable[[int], Sample]:
     """torchvision decode (tensor or PIL) + the equivalent ``transforms.v2`` pipeline."""
-    # v2.Resize(size=s, max_size=m): shorter edge to s unless the longer would exceed m (m > s).
+    coco = json.loads(ann_file.read_text())
+    boxes: dict[int, list[list[float]]] = {image["id"]: [] for image in coco["images"]}
+    labels: dict[int, list[int]] = {image["id"]: [] for image in coco["images"]}
+    cat_ids = sorted(category["id"] for category in coco["categories"])
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        boxes[ann["image_id"]].append([x, y, x + w, y + h])
+        labels[ann["image_id"]].append(cat_ids.index(ann["category_id"]))
+    records = [
+        (
+            str(img_dir / image["file_name"]),
+            torch.tensor(boxes[image["id"]], dtype=torch.float32).reshape(-1, 4),
+            torch.tensor(labels[image["id"]], dtype=torch.int64),
+        )
+        for image in coco["images"]
+    ]
     steps = [
-        v2.Resize(size=short_size, max_size=max_size),
-        v2.RandomHorizontalFlip(p=0.5),
+        ShortestEdgeResize(short_size, max_size),
+        v2.RandomHorizontalFlip(p=flip_p),
         v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=None),
+        v2.SanitizeBoundingBoxes(
+            min_size=1.0, labels_getter=lambda inputs: (inputs[1]["labels"], inputs[1]["iscrowd"])
+        ),
     ]
     if use_pil:
         steps.append(v2.PILToTensor())
     transform = v2.Compose(steps)
 
-    def run(path: Path, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(index: int) -> Sample:
+        path, xyxy, label = records[index]
         if use_pil:
             with Image.open(path) as pil:
-                image = pil.convert("RGB")
+                image = ImageOps.exif_transpose(pil).convert("RGB")
             canvas = image.size[::-1]
         else:
-            data = torchvision.io.read_file(str(path))
-            image = torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
+            data = torchvision.io.read_file(path)
+            image = torchvision.io.decode_image(
+                data, mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True
+            )
             canvas = tuple(image.shape[-2:])
-        bboxes = tv_tensors.BoundingBoxes(
-            torch.from_numpy(boxes), format="XYXY", canvas_size=canvas
-        )
-        out_image, out_boxes = transform(image, bboxes)
-        return out_image, out_boxes.as_subclass(torch.Tensor)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=canvas),
+            "labels": label,
+            "iscrowd": torch.zeros(len(label), dtype=torch.bool),
+        }
+        out_image, out = transform(image, target)
+        return out_image, out["boxes"].as_subclass(torch.Tensor), out["labels"], out["iscrowd"]
 
     return run
+
+
+def check_equivalent(
+    pipelines: dict[str, Callable[[int], Sample]], count: int, downscaled: set[int]
+) -> float:
+    """Raise unless all pipelines agree on every image; return the largest mean |pixel diff|.
+
+    Pixels are compared on upscaled images only (``downscaled`` lists the others): there both
+    bilinear kernels are the same, while on a downscale ``transforms.v2`` antialiases (its default
+    and its fastest uint8 path) and OpenCV's ``INTER_LINEAR`` does not.
+    """
+    names = list(pipelines)
+    worst = 0.0
+    for index in range(count):
+        reference = pipelines[names[0]](index)
+        for name in names[1:]:
+            other = pipelines[name](index)
+            where = f"image {index}: {names[0]} vs {name}"
+            if reference[0].shape != other[0].shape:
+                raise RuntimeError(f"{where}: shapes {reference[0].shape} != {other[0].shape}")
+            torch.testing.assert_close(other[1], reference[1], atol=1e-3, rtol=0, msg=where)
+            if not (torch.equal(reference[2], other[2]) and torch.equal(reference[3], other[3])):
+                raise RuntimeError(f"{where}: labels or crowd flags differ")
+            if index in downscaled:
+                continue
+            diff = (reference[0].int() - other[0].int()).abs().float().mean().item()
+            if diff > 2.0:
+                raise RuntimeError(f"{where}: mean |pixel difference| {diff:.2f} > 2")
+            worst = max(worst, diff)
+    return worst
 
 
 def run(
@@ -111,35 +190,74 @@ def run(
     img_dir: str | Path = RACCOON / "images",
     short_size: int = 800,
     max_size: int = 1333,
-    passes: int = 3,
+    passes: int = 7,
     limit: int = 0,
+    pil: bool = True,
 ) -> dict[str, float]:
-    """Best-pass images per second of each pipeline on one thread; prints a table too."""
+    """Median-pass images per second of each pipeline on one thread; prints a table too."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    samples = _samples(Path(ann_dir), Path(img_dir), limit)
-    pipelines = {
-        "focaldet (cv2 + albumentations)": focaldet_pipeline(short_size, max_size),
-        "torchvision.io + transforms.v2": torchvision_pipeline(short_size, max_size, False),
-        "PIL + transforms.v2": torchvision_pipeline(short_size, max_size, True),
-    }
-    shapes = {name: pipeline(*samples[0])[0].shape for name, pipeline in pipelines.items()}
-    if len(set(shapes.values())) != 1:
-        raise RuntimeError(f"pipelines disagree on the output shape: {shapes}")
-    best = dict.fromkeys(pipelines, 0.0)
-    for _ in range(passes):
-        for name, pipeline in pipelines.items():
-            start = time.perf_counter()
-            for path, boxes in samples:
-                pipeline(path, boxes)
-            best[name] = max(best[name], len(samples) / (time.perf_counter() - start))
+    img_dir = Path(img_dir)
+    coco = voc_to_coco(Path(ann_dir), img_dir)
+    if limit > 0:
+        coco["images"] = coco["images"][:limit]
+        kept = {image["id"] for image in coco["images"]}
+        coco["annotations"] = [ann for ann in coco["annotations"] if ann["image_id"] in kept]
+    with tempfile.TemporaryDirectory() as tmp:
+        ann_file = Path(tmp) / "instances.json"
+        ann_file.write_text(json.dumps(coco))
+
+        def build(flip_p: float) -> dict[str, Callable[[int], Sample]]:
+            ours, count = focaldet_pipeline(ann_file, img_dir, short_size, max_size, flip_p)
+            pipelines = {
+                "focaldet (cv2 + albumentations)": ours,
+                "torchvision.io + transforms.v2": torchvision_pipeline(
+                    ann_file, img_dir, short_size, max_size, flip_p, use_pil=False
+                ),
+            }
+            if pil:
+                pipelines["PIL + transforms.v2"] = torchvision_pipeline(
+                    ann_file, img_dir, short_size, max_size, flip_p, use_pil=True
+                )
+            return pipelines
+
+        count = len(coco["images"])
+        downscaled = {
+            index
+            for index, image in enumerate(coco["images"])
+            if resized_shape(image["height"], image["width"], short_size, max_size)[0]
+            < image["height"]
+        }
+        pixel_diff = max(
+            check_equivalent(build(flip_p), count, downscaled) for flip_p in (0.0, 1.0)
+        )
+        torch.manual_seed(0)
+        pipelines = build(0.5)
+        rates: dict[str, list[float]] = {name: [] for name in pipelines}
+        names = list(pipelines)
+        for index in range(passes):
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                pipeline = pipelines[name]
+                start = time.perf_counter()
+                for image_index in range(count):
+                    pipeline(image_index)
+                rates[name].append(count / (time.perf_counter() - start))
+    load = os.getloadavg()
     print(
-        f"decode + transform, 1 thread, {len(samples)} images, shorter side {short_size}, "
-        f"max {max_size}, best of {passes} passes"
+        f"decode + transform, 1 thread, {count} images, shorter side {short_size}, max {max_size},"
+        f" median of {passes} alternating passes (load average {load[0]:.2f} {load[1]:.2f})"
     )
-    for name, rate in best.items():
-        print(f"  {name:34s} {rate:7.1f} img/s")
-    return best
+    print(
+        f"outputs checked equal: shapes, boxes, labels; pixels on the {count - len(downscaled)}"
+        f" upscaled images (largest mean |difference| {pixel_diff:.3f}; {len(downscaled)}"
+        " downscaled, where transforms.v2 antialiases)"
+    )
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(
+            f"  {name:34s} {medians[name]:7.1f} img/s  (passes {min(values):.1f}–{max(values):.1f})"
+        )
+    return medians
 
 
 @dataclass
@@ -148,8 +266,9 @@ class Config:
     img_dir: str = str(RACCOON / "images")
     short_size: int = 800
     max_size: int = 1333
-    passes: int = 3
+    passes: int = 7
     limit: int = 0
+    pil: bool = True
 
 
 if __name__ == "__main__":

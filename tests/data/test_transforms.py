@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
+from albumentations.core.bbox_utils import BboxProcessor
 from omegaconf import OmegaConf
 
-from data.transforms import ResizeShortestEdge, build_transforms, resized_shape
+from data.transforms import (
+    DetectionBboxProcessor,
+    ResizeShortestEdge,
+    build_transforms,
+    resized_shape,
+)
 
 
 def _run(transform, image, boxes, labels, iscrowd):
@@ -82,3 +89,72 @@ def test_bbox_params():
     params = build_transforms([ResizeShortestEdge()]).processors["bboxes"].params
     assert params.format == "pascal_voc" and params.label_fields == ["labels", "iscrowd"]
     assert params.clip and params.min_width == 1.0 and params.min_height == 1.0
+
+
+def _stock_twin(nodes, seed):
+    """The same pipeline with albumentations' own box processor, as the parity reference."""
+    transform = build_transforms(nodes, seed=seed)
+    params = transform.processors["bboxes"].params
+    transform.processors["bboxes"] = BboxProcessor(params)
+    return transform
+
+
+def test_fast_box_processor_matches_albumentations():
+    # Crop and rotation move boxes outside the image and shrink them under 1 px: both processors
+    # must clip and drop exactly the same boxes, labels and crowd flags.
+    def nodes():
+        return [
+            ResizeShortestEdge(short_sizes=[37, 50], max_size=90),
+            A.HorizontalFlip(p=0.5),
+            A.RandomCrop(30, 30, p=0.7),
+            A.Affine(rotate=(-20, 20), p=0.5),
+        ]
+
+    fast = build_transforms(nodes(), seed=1)
+    assert isinstance(fast.processors["bboxes"], DetectionBboxProcessor)
+    stock = _stock_twin(nodes(), seed=1)
+    rng = np.random.default_rng(0)
+    dropped = 0
+    for _ in range(60):
+        height, width = rng.integers(20, 60, 2)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        count = int(rng.integers(0, 6))
+        corner = rng.uniform(-10, 70, (count, 2))
+        boxes = np.concatenate([corner, corner + rng.uniform(-2, 30, (count, 2))], 1)
+        labels, iscrowd = rng.integers(0, 5, count), rng.random(count) < 0.3
+        ours = _run(fast, image, boxes.astype(np.float32), labels, iscrowd)
+        ref = _run(stock, image, boxes.astype(np.float32), labels, iscrowd)
+        np.testing.assert_array_equal(ours["image"], ref["image"])
+        np.testing.assert_allclose(ours["bboxes"], np.reshape(ref["bboxes"], (-1, 4)), atol=1e-4)
+        assert ours["labels"].dtype == np.int64 and ours["iscrowd"].dtype == bool
+        assert list(ours["labels"]) == list(ref["labels"])
+        assert list(ours["iscrowd"]) == list(ref["iscrowd"])
+        dropped += count - len(ours["bboxes"])
+    assert dropped > 0  # the filter was exercised
+
+
+def test_fast_box_processor_inputs():
+    transform = build_transforms([ResizeShortestEdge(short_sizes=[20], max_size=100)])
+    image = np.zeros((10, 10, 3), np.uint8)
+    # Lists (and non-numeric labels) take albumentations' own path, with the same result.
+    out = transform(image=image, bboxes=[[1, 2, 3, 4]], labels=["cat"], iscrowd=[False])
+    np.testing.assert_allclose(out["bboxes"], [[2, 4, 6, 8]])
+    assert out["labels"] == ["cat"] and out["iscrowd"] == [False]
+    out = _run(
+        transform, image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+    )
+    assert out["bboxes"].shape == (0, 4) and out["labels"].dtype == np.int64
+    with pytest.raises(ValueError, match="lengths of bboxes and labels do not match. Got 1 and 2"):
+        _run(
+            transform, image, np.ones((1, 4), np.float32), np.zeros(2, np.int64), np.zeros(1, bool)
+        )
+
+
+def test_resize_is_one_cv2_resize_and_keeps_grayscale_shape():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    resize = ResizeShortestEdge(short_sizes=[45], max_size=1000)
+    expected = cv2.resize(image, (62, 45), interpolation=cv2.INTER_LINEAR)  # 41 * 1.5 = 61.5
+    np.testing.assert_array_equal(resize.apply(image, out_shape=(45, 62)), expected)
+    assert resize.apply(image, out_shape=(30, 41)) is image
+    assert resize.apply(image[:, :, :1], out_shape=(45, 62)).shape == (45, 62, 1)
