@@ -1,0 +1,357 @@
+"""Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A) from training runs.
+
+A run is a directory holding the resolved ``config.yaml`` that ``tools/train.py`` writes and, once
+it has finished, its ``metrics.json`` (COCO AP ×100). Runs are filed under the table their config
+names (``experiment.name``, set by ``configs/experiment/*.yaml``), grouped into rows by their
+setting, and averaged over seeds: each cell is the mean ± the sample standard deviation (n − 1)
+over the runs that finished. A run whose ``metrics.json`` says ``"diverged": true`` or is missing
+is counted in the row's ``runs`` column and left out of the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from detector.anchors import DEFAULT_SCALES
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+"""The metrics of ``metrics.json`` a report reads (COCO AP on a 0–100 scale)."""
+
+PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0.99: 28.7,
+                    0.999: 25.1}  # fmt: skip
+"""Table 1a of Lin et al. (2017): AP of CE (γ = 0) by α, ResNet-50 at 600 px on COCO minival."""
+
+PAPER_AP_TABLE1B = {(0.0, 0.75): 31.1, (0.1, 0.75): 31.4, (0.2, 0.75): 31.9, (0.5, 0.50): 32.9,
+                    (1.0, 0.25): 33.7, (2.0, 0.25): 34.0, (5.0, 0.25): 32.2}  # fmt: skip
+"""Table 1b of Lin et al. (2017): AP of FL by (γ, α)."""
+
+
+class ReportError(ValueError):
+    """A run folder cannot be read (the message names the file and the problem)."""
+
+
+@dataclass
+class Run:
+    """One training run: its setting (flat, from the resolved config) and its outcome."""
+
+    path: Path
+    params: dict[str, Any]
+    """``table``, ``seed``, ``loss``, ``alpha``, ``gamma``, ``beta``, ``criterion``,
+    ``ohem_batch``, ``ohem_nms``, ``ohem_fg_fraction``, ``num_scales``, ``num_ratios``,
+    ``prior_prob`` (``None`` where the setting does not apply)."""
+    metrics: dict[str, float] | None
+    """``METRICS`` of a finished run; ``None`` if it diverged or has no ``metrics.json``."""
+    status: str
+    """``"finished"``, ``"diverged"`` or ``"missing"``."""
+
+
+def _short(target: str) -> str:
+    return target.rsplit(".", 1)[-1]
+
+
+def run_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flat setting of a run from its resolved config (``config.yaml`` as a dict)."""
+    loss = cfg["criterion"]["cls_loss"]
+    criterion = cfg["criterion"]
+    anchors = cfg["model"]["anchor_generator"]
+    return {
+        "table": cfg.get("experiment", {}).get("name"),
+        "seed": cfg["train"]["seed"],
+        "loss": _short(loss["_target_"]),
+        "alpha": loss.get("alpha"),
+        "gamma": loss.get("gamma"),
+        "beta": loss.get("beta"),
+        "criterion": _short(criterion["_target_"]),
+        "ohem_batch": criterion.get("batch_size_per_image"),
+        "ohem_nms": criterion.get("nms_thresh"),
+        "ohem_fg_fraction": criterion.get("fg_fraction"),
+        "num_scales": len(anchors.get("scales", DEFAULT_SCALES)),
+        "num_ratios": len(anchors["ratios"]),
+        "prior_prob": cfg["model"]["head"].get("prior_prob"),
+    }
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read ``run_dir/config.yaml`` and, if present, ``run_dir/metrics.json``."""
+    config_path = run_dir / "config.yaml"
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+        params = run_params(cfg)  # type: ignore[arg-type]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ReportError(f"{config_path}: not a training config ({e!r} is missing)") from None
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return Run(run_dir, params, None, "missing")
+    try:
+        raw = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{metrics_path}: invalid JSON ({e})") from None
+    if raw.get("diverged"):
+        return Run(run_dir, params, None, "diverged")
+    absent = [m for m in METRICS if not isinstance(raw.get(m), (int, float))]
+    if absent:
+        raise ReportError(f"{metrics_path}: no numeric {', '.join(absent)}")
+    return Run(run_dir, params, {m: float(raw[m]) for m in METRICS}, "finished")
+
+
+def find_runs(runs_dir: str | Path) -> list[Run]:
+    """Every run under ``runs_dir`` (any depth) whose config names an experiment, by path.
+
+    Hydra's own unresolved copy (``.hydra/config.yaml``) is not a run.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir}: no such directory")
+    runs = [
+        load_run(path.parent)
+        for path in sorted(runs_dir.rglob("config.yaml"))
+        if ".hydra" not in path.parent.parts
+    ]
+    return [r for r in runs if r.params["table"] is not None]
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _loss_name(p: dict[str, Any]) -> str:
+    if p["loss"] == "FocalLossStar":
+        return f"FL* γ={_num(p['gamma'])} β={_num(p['beta'])}"
+    name = "CE" if not p["gamma"] else f"FL γ={_num(p['gamma'])}"
+    return f"{name} α={_num(p['alpha'])}"
+
+
+def _method(p: dict[str, Any]) -> str:
+    if p["criterion"] != "OHEMCriterion":
+        return "FL" if p["gamma"] else "CE"
+    f = p["ohem_fg_fraction"]
+    return "OHEM" if f is None else f"OHEM 1:{(1 - f) / f:g}"
+
+
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one table of the paper is laid out."""
+
+    name: str
+    """``experiment.name`` of its runs."""
+    title: str
+    columns: tuple[Column, ...]
+    """The setting columns: header and cell text of a run's params; they define the rows."""
+    order: Callable[[dict[str, Any]], tuple]
+    """Sort key of a row (its first run's params), in the paper's row order."""
+    paper_ap: Callable[[dict[str, Any]], float | None] | None = None
+    plot: tuple[str, str] | None = None
+    """``(file name, x-axis label)``: an AP plot over the rows, in row order."""
+    notes: str = ""
+
+
+def _is_ohem(p: dict[str, Any]) -> bool:
+    return p["criterion"] == "OHEMCriterion"
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        "table1a",
+        "Table 1a: α-balanced CE (γ = 0) over α",
+        (("α", lambda p: _num(p["alpha"])), ("γ", lambda p: _num(p["gamma"]))),
+        order=lambda p: (p["alpha"],),
+        paper_ap=lambda p: PAPER_AP_TABLE1A.get(p["alpha"]),
+        plot=("table1a_ap_vs_alpha.png", "α (CE, γ = 0)"),
+    ),
+    TableSpec(
+        "table1b",
+        "Table 1b: focal loss over (γ, α)",
+        (("γ", lambda p: _num(p["gamma"])), ("α", lambda p: _num(p["alpha"]))),
+        order=lambda p: (p["gamma"], p["alpha"]),
+        paper_ap=lambda p: PAPER_AP_TABLE1B.get((p["gamma"], p["alpha"])),
+        plot=("table1b_ap_vs_gamma.png", "γ (with its α)"),
+    ),
+    TableSpec(
+        "table1c",
+        "Table 1c: anchors per location (#scales × #aspect ratios), FL",
+        (("#sc", lambda p: str(p["num_scales"])), ("#ar", lambda p: str(p["num_ratios"]))),
+        order=lambda p: (p["num_ratios"], p["num_scales"]),
+    ),
+    TableSpec(
+        "table1d",
+        "Table 1d: OHEM with CE against FL",
+        (
+            ("method", _method),
+            ("batch size", lambda p: _num(p["ohem_batch"]) if _is_ohem(p) else "n/a"),
+            ("nms thr", lambda p: _num(p["ohem_nms"]) if _is_ohem(p) else "n/a"),
+        ),
+        order=lambda p: (
+            not _is_ohem(p),
+            p["ohem_fg_fraction"] is not None,
+            -(p["ohem_nms"] or 0.0),
+            p["ohem_batch"] or 0,
+        ),
+    ),
+    TableSpec(
+        "fl_star",
+        "Appendix A: FL* over (γ, β)",
+        (("γ", lambda p: _num(p["gamma"])), ("β", lambda p: _num(p["beta"]))),
+        order=lambda p: (p["gamma"], p["beta"]),
+    ),
+    TableSpec(
+        "no_prior",
+        "§4.1: classification prior π at initialisation (π = 0.5: bias 0, no prior)",
+        (("loss", _loss_name), ("prior π", lambda p: _num(p["prior_prob"]))),
+        order=lambda p: (p["gamma"], p["prior_prob"]),
+        notes="A diverged run stopped on a non-finite loss; it has no AP.",
+    ),
+)
+"""The reproduced tables, in report order."""
+
+
+@dataclass
+class Row:
+    """One setting of a table and its runs (all seeds)."""
+
+    cells: tuple[str, ...]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.runs[0].params
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.runs if r.metrics is not None]
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``"m"`` for one value, ``"m ± s"`` (sample std) for more, ``"—"`` for none; 1 decimal."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _runs_cell(row: Row) -> str:
+    counts = {s: sum(r.status == s for r in row.runs) for s in ("finished", "diverged", "missing")}
+    extra = [f"+{counts[s]} {s}" for s in ("diverged", "missing") if counts[s]]
+    return f"{counts['finished']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def build_rows(spec: TableSpec, runs: Sequence[Run]) -> list[Row]:
+    """The rows of ``spec`` from ``runs`` (other tables' runs are ignored), in paper order."""
+    rows: dict[tuple[str, ...], Row] = {}
+    for run in runs:
+        if run.params["table"] != spec.name:
+            continue
+        cells = tuple(cell(run.params) for _, cell in spec.columns)
+        rows.setdefault(cells, Row(cells)).runs.append(run)
+    return sorted(rows.values(), key=lambda row: spec.order(row.params))
+
+
+def markdown_table(spec: TableSpec, rows: Sequence[Row]) -> str:
+    """The table in the paper's layout, our AP ± std over seeds, the paper's AP beside it."""
+    header = [name for name, _ in spec.columns] + ["AP", "AP50", "AP75"]
+    if spec.paper_ap is not None:
+        header.append("paper AP")
+    header.append("runs")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for row in rows:
+        cells = list(row.cells) + [mean_std(row.values(m)) for m in ("AP", "AP50", "AP75")]
+        if spec.paper_ap is not None:
+            paper = spec.paper_ap(row.params)
+            cells.append("—" if paper is None else f"{paper:.1f}")
+        cells.append(_runs_cell(row))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_table(spec: TableSpec, rows: Sequence[Row], path: Path) -> Path:
+    """AP (mean ± std over seeds) per row against the row's setting, with the paper's AP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert spec.plot is not None
+    labels = [" ".join(row.cells) if len(row.cells) == 1 else "\n".join(row.cells) for row in rows]
+    x = list(range(len(rows)))
+    means = [statistics.mean(v) if (v := row.values("AP")) else float("nan") for row in rows]
+    stds = [statistics.stdev(v) if len(v := row.values("AP")) > 1 else 0.0 for row in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label="focaldet (mean ± std)")
+    if spec.paper_ap is not None:
+        paper = [spec.paper_ap(row.params) for row in rows]
+        paper_y = [float("nan") if p is None else p for p in paper]
+        ax.plot(x, paper_y, "s--", label="Lin et al. 2017 (COCO)")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel(spec.plot[1])
+    ax.set_ylabel("AP")
+    ax.set_title(spec.title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_hparams(runs: Sequence[Run], runs_dir: Path, log_dir: Path) -> int:
+    """Log every finished run to TensorBoard's HParams view under ``log_dir``; return the count.
+
+    Each run becomes a session named by its path relative to ``runs_dir``; ``None`` settings are
+    logged as the string ``"none"`` (HParams takes numbers, strings and booleans only).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    finished = [r for r in runs if r.metrics is not None]
+    with SummaryWriter(str(log_dir)) as writer:
+        for run in finished:
+            hparams = {k: "none" if v is None else v for k, v in run.params.items()}
+            metrics = {f"hparam/{k}": v for k, v in run.metrics.items()}  # type: ignore[union-attr]
+            writer.add_hparams(hparams, metrics, run_name=str(run.path.relative_to(runs_dir)))
+    return len(finished)
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``report.md`` (every table with runs), the AP plots and TensorBoard HParams.
+
+    Returns the path of ``report.md``.
+    """
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    runs = find_runs(runs_dir)
+    if not runs:
+        raise ReportError(f"{runs_dir}: no run folders (config.yaml with experiment.name) found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [f"# Loss comparison: runs under `{runs_dir}`", ""]
+    parts.append(
+        "AP, AP50, AP75: COCO AP ×100 on the validation split, mean ± sample std over seeds; "
+        "`runs`: finished runs (diverged or missing ones are not averaged)."
+    )
+    for spec in TABLES:
+        rows = build_rows(spec, runs)
+        if not rows:
+            continue
+        parts += ["", f"## {spec.title}", "", markdown_table(spec, rows)]
+        if spec.notes:
+            parts += ["", spec.notes]
+        if spec.plot is not None:
+            plot = plot_table(spec, rows, out_dir / spec.plot[0])
+            parts += ["", f"![{spec.title}]({plot.name})"]
+    count = write_hparams(runs, runs_dir, out_dir / "tensorboard")
+    parts += [
+        "",
+        f"TensorBoard HParams ({count} runs): `tensorboard --logdir {out_dir / 'tensorboard'}`",
+    ]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

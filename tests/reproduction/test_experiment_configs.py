@@ -1,0 +1,110 @@
+"""Every experiment config composes, and every point of its sweep instantiates its criterion."""
+
+import functools
+import itertools
+from pathlib import Path
+
+import hydra.utils
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from detector import AnchorGenerator, RetinaNetCriterion
+from detector.engine.config import register_resolvers, validate_loss, validate_model
+from detector.ohem import OHEMCriterion
+from losses import FocalLoss, FocalLossStar
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@functools.cache
+def sweep_configs(experiment: str) -> tuple[DictConfig, ...]:
+    """The config of every job that ``tools/train.py -m +experiment=<experiment>`` runs, in the
+    order Hydra's basic sweeper runs them (composed once per module: composition is slow)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base = [f"+experiment={experiment}"]
+        cfg = compose(config_name="train", overrides=base, return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+        parsed = OverridesParser.create().parse_overrides(params)
+        jobs = itertools.chain.from_iterable(BasicSweeper.split_arguments(parsed, None))
+        return tuple(compose(config_name="train", overrides=[*base, *job]) for job in jobs)
+
+
+def test_every_experiment_is_tested() -> None:
+    assert EXPERIMENTS == ["fl_star", "no_prior", "table1a", "table1b", "table1c", "table1d"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_sweep_point_composes_and_instantiates(experiment: str) -> None:
+    seeds = set()
+    for cfg in sweep_configs(experiment):
+        assert cfg.experiment.name == experiment
+        validate_loss(cfg)
+        validate_model(cfg)
+        criterion = hydra.utils.instantiate(cfg.criterion, _convert_="all")
+        assert isinstance(criterion, RetinaNetCriterion)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        generator = hydra.utils.instantiate(model["anchor_generator"])
+        assert isinstance(generator, AnchorGenerator)
+        assert model["head"]["num_anchors"] == generator.num_anchors_per_location
+        # The saved config's `loss` is the loss the criterion trains with.
+        assert OmegaConf.to_container(cfg.loss, resolve=True) == OmegaConf.to_container(
+            cfg.criterion.cls_loss, resolve=True
+        )
+        seeds.add(cfg.train.seed)
+    assert seeds == {0, 1}
+
+
+def settings(experiment: str, read) -> list:
+    """``read(cfg)`` for seed 0 of every sweep point, in sweep order."""
+    return [read(cfg) for cfg in sweep_configs(experiment) if cfg.train.seed == 0]
+
+
+def test_table1a_is_ce_over_alpha() -> None:
+    got = settings("table1a", lambda c: (c.loss.gamma, c.loss.alpha))
+    assert got == [(0.0, a) for a in (0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999)]
+
+
+def test_table1b_runs_the_seven_pairs_not_their_product() -> None:
+    got = settings("table1b", lambda c: (c.loss._target_, c.loss.gamma, c.loss.alpha))
+    pairs = [(0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1, 0.25), (2, 0.25), (5, 0.25)]
+    assert got == [("losses.FocalLoss", g, a) for g, a in pairs]
+
+
+def test_table1c_anchor_grid() -> None:
+    got = settings(
+        "table1c",
+        lambda c: (list(c.model.anchor_generator.scales), len(c.model.anchor_generator.ratios)),
+    )
+    shapes = [(1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)]
+    assert [(len(s), r) for s, r in got] == shapes
+    for scales, _ in got:  # octave scales 2^(k/n)
+        n = len(scales)
+        assert scales == pytest.approx([2 ** (k / n) for k in range(n)], abs=1e-15)
+
+
+def test_table1d_rows() -> None:
+    def row(cfg: DictConfig) -> tuple:
+        criterion = hydra.utils.instantiate(cfg.criterion, _convert_="all")
+        if isinstance(criterion, OHEMCriterion):
+            assert isinstance(criterion.cls_loss, FocalLoss)
+            assert (criterion.cls_loss.alpha, criterion.cls_loss.gamma) == (None, 0.0)
+            return (criterion.batch_size_per_image, criterion.nms_thresh, criterion.fg_fraction)
+        assert (criterion.cls_loss.alpha, criterion.cls_loss.gamma) == (0.25, 2.0)
+        return ("FL",)
+
+    got = settings("table1d", row)
+    ohem = [(b, t, f) for f in (None, 0.25) for t in (0.7, 0.5) for b in (128, 256, 512)]
+    assert got == [("FL",), *ohem]
+
+
+def test_fl_star_and_no_prior() -> None:
+    got = settings("fl_star", lambda c: hydra.utils.instantiate(c.loss))
+    assert all(isinstance(loss, FocalLossStar) for loss in got)
+    assert [(loss.gamma, loss.beta) for loss in got] == [(2.0, 1.0), (4.0, 0.0)]
+    got = settings("no_prior", lambda c: (c.loss.gamma, c.model.head.prior_prob))
+    assert got == [(0.0, 0.01), (0.0, 0.5), (2.0, 0.01), (2.0, 0.5)]

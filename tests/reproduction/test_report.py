@@ -1,0 +1,172 @@
+"""tools/report.py and detector/reporting.py on hand-made run folders."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detector.reporting import ReportError, find_runs, write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def focal(alpha, gamma) -> dict:
+    return {"_target_": "losses.FocalLoss", "alpha": alpha, "gamma": gamma}
+
+
+def write_run(
+    path: Path,
+    table: str,
+    seed: int,
+    cls_loss: dict,
+    metrics: dict | None,
+    criterion: dict | None = None,
+    prior: float = 0.01,
+) -> None:
+    """A run folder as tools/train.py leaves it (only the keys the report reads)."""
+    config = {
+        "experiment": {"name": table},
+        "train": {"seed": seed},
+        "criterion": {"_target_": "detector.RetinaNetCriterion", "cls_loss": cls_loss,
+                      **(criterion or {})},
+        "model": {"anchor_generator": {"scales": [1.0, 1.26, 1.59], "ratios": [0.5, 1.0, 2.0]},
+                  "head": {"prior_prob": prior}},
+    }  # fmt: skip
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "config.yaml").write_text("unresolved: ${oops}\n")
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def ap(ap: float, ap50: float, ap75: float) -> dict:
+    return {"AP": ap, "AP50": ap50, "AP75": ap75, "APs": 1.0, "APm": 2.0, "APl": -1.0,
+            "per_class_AP": {"circle": ap}, "iteration": 10}  # fmt: skip
+
+
+OHEM = "detector.ohem.OHEMCriterion"
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "multirun"
+    write_run(root / "1a/0", "table1a", 0, focal(0.25, 0.0), ap(10.0, 20.0, 9.0))
+    write_run(root / "1a/1", "table1a", 1, focal(0.25, 0.0), ap(12.0, 23.0, 10.0))
+    write_run(root / "1a/2", "table1a", 0, focal(0.75, 0.0), ap(30.0, 50.0, 31.0))
+    write_run(root / "1a/3", "table1a", 1, focal(0.75, 0.0), {"diverged": True, "error": "nan"})
+    write_run(root / "1a/4", "table1a", 0, focal(0.999, 0.0), None)
+    write_run(root / "1a/5", "table1a", 0, focal(0.1, 0.0), ap(0.0, 0.0, 0.0))
+    write_run(root / "1b/0", "table1b", 0, focal(0.25, 2.0), ap(34.5, 55.25, 36.0))
+    write_run(root / "1b/1", "table1b", 0, focal(0.75, 0.1), ap(31.0, 51.0, 32.0))
+    ce = focal(None, 0.0)
+    write_run(root / "1d/0", "table1d", 0, focal(0.25, 2.0), ap(36.0, 55.0, 38.0))
+    write_run(root / "1d/1", "table1d", 0, ce, ap(31.0, 48.0, 33.0),
+              {"_target_": OHEM, "batch_size_per_image": 256, "nms_thresh": 0.5,
+               "fg_fraction": 0.25})  # fmt: skip
+    write_run(root / "1d/2", "table1d", 0, ce, ap(32.0, 50.0, 35.0),
+              {"_target_": OHEM, "batch_size_per_image": 128, "nms_thresh": 0.5,
+               "fg_fraction": None})  # fmt: skip
+    write_run(root / "np/0", "no_prior", 0, focal(0.75, 0.0), {"diverged": True}, prior=0.5)
+    write_run(root / "np/1", "no_prior", 0, focal(0.75, 0.0), ap(29.0, 47.0, 30.0))
+    # A run of no experiment (plain tools/train.py) is not part of any table.
+    other = root / "plain"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 0}, "criterion": {
+        "_target_": "detector.RetinaNetCriterion", "cls_loss": focal(0.25, 2.0)},
+        "model": {"anchor_generator": {"ratios": [1.0]}, "head": {}}}))  # fmt: skip
+    return root
+
+
+def section(report: str, title: str) -> list[str]:
+    """The table lines under ``## title``."""
+    lines = report.splitlines()
+    start = lines.index(f"## {title}") + 2
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+def test_tables_in_the_papers_layout(runs: Path, tmp_path: Path) -> None:
+    report = write_report(runs, tmp_path / "out").read_text()
+    assert section(report, "Table 1a: α-balanced CE (γ = 0) over α") == [
+        "| α | γ | AP | AP50 | AP75 | paper AP | runs |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| 0.1 | 0 | 0.0 | 0.0 | 0.0 | 0.0 | 1 |",
+        "| 0.25 | 0 | 11.0 ± 1.4 | 21.5 ± 2.1 | 9.5 ± 0.7 | 10.8 | 2 |",
+        "| 0.75 | 0 | 30.0 | 50.0 | 31.0 | 31.1 | 1 (+1 diverged) |",
+        "| 0.999 | 0 | — | — | — | 25.1 | 0 (+1 missing) |",
+    ]
+    assert section(report, "Table 1b: focal loss over (γ, α)") == [
+        "| γ | α | AP | AP50 | AP75 | paper AP | runs |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| 0.1 | 0.75 | 31.0 | 51.0 | 32.0 | 31.4 | 1 |",
+        "| 2 | 0.25 | 34.5 | 55.2 | 36.0 | 34.0 | 1 |",
+    ]
+    assert section(report, "Table 1d: OHEM with CE against FL") == [
+        "| method | batch size | nms thr | AP | AP50 | AP75 | runs |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| OHEM | 128 | 0.5 | 32.0 | 50.0 | 35.0 | 1 |",
+        "| OHEM 1:3 | 256 | 0.5 | 31.0 | 48.0 | 33.0 | 1 |",
+        "| FL | n/a | n/a | 36.0 | 55.0 | 38.0 | 1 |",
+    ]
+    title = "§4.1: classification prior π at initialisation (π = 0.5: bias 0, no prior)"
+    assert section(report, title)[2:] == [
+        "| CE α=0.75 | 0.01 | 29.0 | 47.0 | 30.0 | 1 |",
+        "| CE α=0.75 | 0.5 | — | — | — | 0 (+1 diverged) |",
+    ]
+    assert "Table 1c" not in report  # no runs, no table
+    out = tmp_path / "out"
+    assert (out / "table1a_ap_vs_alpha.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "table1b_ap_vs_gamma.png").read_bytes()[:4] == b"\x89PNG"
+    # One HParams session per finished run, named by its folder.
+    sessions = {p.parent.relative_to(out / "tensorboard").as_posix()
+                for p in (out / "tensorboard").rglob("events.out.tfevents.*")}  # fmt: skip
+    assert {"1a/0", "1a/1", "1a/2", "1a/5", "1b/0", "1d/2", "np/1"} <= sessions
+    assert "1a/3" not in sessions and "1a/4" not in sessions
+
+
+def test_hparams_are_readable(runs: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    write_report(runs, tmp_path / "out")
+    acc = EventAccumulator(str(tmp_path / "out" / "tensorboard" / "1a" / "1"))
+    acc.Reload()
+    assert acc.Scalars("hparam/AP")[0].value == 12.0
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+
+
+def test_cli(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "report.py"), str(runs), f"out={out}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| 0.25 | 0 | 11.0 ± 1.4 |" in done.stdout
+    assert (out / "report.md").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "report.py"), str(tmp_path / "nope")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"focaldet: {tmp_path / 'nope'}: no such directory"
+
+
+def test_unreadable_runs_are_named(tmp_path: Path) -> None:
+    write_run(tmp_path / "r", "table1a", 0, focal(0.25, 0.0), {"AP": 1.0})
+    with pytest.raises(ReportError, match=r"r/metrics.json: no numeric AP50, AP75, APs"):
+        find_runs(tmp_path)
+    (tmp_path / "r" / "metrics.json").write_text("{")
+    with pytest.raises(ReportError, match=r"r/metrics.json: invalid JSON"):
+        find_runs(tmp_path)
+    (tmp_path / "r" / "config.yaml").write_text("train: {}\n")
+    with pytest.raises(ReportError, match=r"r/config.yaml: not a training config"):
+        find_runs(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="no run folders"):
+        write_report(tmp_path / "empty", tmp_path / "o")
