@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NORMS = ("frozen_bn", "bn", "gn")
@@ -33,6 +35,51 @@ def _norm_layer(norm: str, eps: float) -> Callable[[int], nn.Module]:
     return lambda c: nn.GroupNorm(GN_GROUPS, c, eps=eps)
 
 
+def conv_output_numel(x: Tensor, conv: nn.Conv2d) -> int:
+    """Elements of ``conv(x)`` for ``x`` (N, C_in, H, W): N × C_out × H' × W'."""
+    size = x.shape[0] * conv.out_channels
+    for i, length in enumerate(x.shape[2:]):
+        span = conv.dilation[i] * (conv.kernel_size[i] - 1) + 1
+        size *= (length + 2 * conv.padding[i] - span) // conv.stride[i] + 1
+    return size
+
+
+def conv_frozen_bn(x: Tensor, conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> Tensor:
+    """``bn(conv(x))`` with the frozen affine applied in one pass, on whichever is smaller: the
+    weight or the output.
+
+    FrozenBatchNorm is ``y s + b'`` with ``s = γ / sqrt(σ² + ε)`` and ``b' = β - μ s`` per output
+    channel, so ``bn(conv(x, W, c)) = conv(x, W s, c s + b')``. Where the weight
+    (C_out × C_in × k × k) is smaller than the output (N × C_out × H' × W') — the early, large
+    feature maps — ``s`` is folded into the weight; elsewhere (res5's 3×3 convs hold more weights
+    than activations) the output is scaled and shifted by one ``addcmul`` instead of
+    torchvision's two passes. Both give the gradient of ``bn(conv(x))`` w.r.t. ``W`` and ``x``.
+    ``x`` (N, C_in, H, W) → (N, C_out, H', W').
+    """
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    bias = bn.bias - bn.running_mean * scale
+    if conv.weight.numel() > conv_output_numel(x, conv):
+        return torch.addcmul(bias.view(-1, 1, 1), conv(x), scale.view(-1, 1, 1))
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def frozen_bn_block(block: BasicBlock | Bottleneck, x: Tensor) -> Tensor:
+    """``block(x)`` for a torchvision ResNet block whose norms are FrozenBatchNorm2d, each
+    conv + norm pair run as one ``conv_frozen_bn``."""
+    convs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    if isinstance(block, Bottleneck):
+        convs.append((block.conv3, block.bn3))
+    out = x
+    for conv, bn in convs[:-1]:
+        out = F.relu(conv_frozen_bn(out, conv, bn), inplace=True)
+    out = conv_frozen_bn(out, *convs[-1])
+    identity = x if block.downsample is None else conv_frozen_bn(x, *block.downsample)
+    return F.relu(out.add_(identity), inplace=True)
+
+
 class ResNetBackbone(nn.Module):
     """torchvision ResNet-18/34/50/101 without its classifier; returns ``[C3, C4, C5]``.
 
@@ -46,6 +93,11 @@ class ResNetBackbone(nn.Module):
             downloaded on first use) or the path of a local torchvision ResNet state dict.
         norm_eps: epsilon of the norm layers. torchvision's published COCO RetinaNet was trained
             with FrozenBatchNorm ``eps=0``, the converter sets it accordingly.
+
+    With ``norm="frozen_bn"`` every conv + FrozenBatchNorm pair runs through ``conv_frozen_bn``
+    (the norm folded into the convolution, or applied in one pass): the same function, with
+    less memory traffic.
+    The modules and state-dict keys stay torchvision's.
 
     Input ``(N, 3, H, W)`` normalised images; output strides 8, 16, 32 with ``out_channels``
     channels (``[128, 256, 512]`` for depth 18/34, ``[512, 1024, 2048]`` for 50/101).
@@ -137,9 +189,16 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``[C3, C4, C5]``: C_i is (N, out_channels[i - 3], H / 2^i, W / 2^i) for (N, 3, H, W)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer1(x)
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        if self.norm != "frozen_bn":
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            c2 = self.layer1(x)
+            c3 = self.layer2(c2)
+            c4 = self.layer3(c3)
+            return [c3, c4, self.layer4(c4)]
+        x = self.maxpool(F.relu(conv_frozen_bn(x, self.conv1, self.bn1), inplace=True))
+        features = []
+        for name in _STAGES:
+            for block in getattr(self, name):
+                x = frozen_bn_block(block, x)
+            features.append(x)
+        return features[1:]

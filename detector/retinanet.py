@@ -47,6 +47,10 @@ class RetinaNet(nn.Module):
         pixel_mean, pixel_std: RGB normalisation of images in [0, 1] (ImageNet statistics).
         size_divisibility: the padded batch is a multiple of this (128 = the P7 stride, so that
             every level's anchors cover the padded image exactly).
+        channels_last: keep the convolution weights, and so the activations, in the
+            channels_last (NHWC) memory format: the same values, but oneDNN (CPU) and cuDNN
+            convolutions run faster on it, and the head's NCHW → (N, HWA, K) flattening becomes
+            a view. ``model.to(memory_format=...)`` switches later; the input follows the weights.
 
     The model does not resize: resizing belongs to the data pipeline.
     """
@@ -60,6 +64,7 @@ class RetinaNet(nn.Module):
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
         size_divisibility: int = 128,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if head.num_anchors != anchor_generator.num_anchors_per_location:
@@ -78,6 +83,8 @@ class RetinaNet(nn.Module):
         self.register_buffer(
             "pixel_std", torch.tensor([float(s) for s in pixel_std]).view(1, 3, 1, 1), False
         )
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def num_classes(self) -> int:

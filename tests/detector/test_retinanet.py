@@ -1,7 +1,9 @@
+import copy
+
 import pytest
 import torch
 
-from detector import IMAGENET_MEAN, IMAGENET_STD, AnchorGenerator, DenseOutputs
+from detector import IMAGENET_MEAN, IMAGENET_STD, AnchorGenerator, DenseOutputs, RetinaNet
 
 
 def test_preprocess_normalises_pads_and_zeroes_padding(small_model):
@@ -60,16 +62,19 @@ def test_lone_image_equals_image_in_padded_batch(small_model):
     assert alone_small.cls_logits.shape[1] < batch.cls_logits.shape[1]
 
 
-def test_channels_last_gives_the_same_outputs(small_model):
+def test_channels_last_by_default_and_the_same_outputs(small_model):
+    assert small_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert small_model.head.cls_score.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(small_model).to(memory_format=torch.contiguous_format)
+    assert not nchw.backbone.layer2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
-        ref = small_model(x)
-        small_model.to(memory_format=torch.channels_last)
-        try:
-            out = small_model(x)
-        finally:
-            small_model.to(memory_format=torch.contiguous_format)
+        ref = nchw(x)
+        out = small_model(x)
     torch.testing.assert_close(out.cls_logits, ref.cls_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.box_deltas, ref.box_deltas, rtol=1e-4, atol=1e-4)
+    plain = RetinaNet(nchw.backbone, nchw.fpn, nchw.head, AnchorGenerator(), channels_last=False)
+    assert plain.backbone.conv1.weight.is_contiguous()
 
 
 def test_bad_inputs(small_model):
