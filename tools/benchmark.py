@@ -4,6 +4,11 @@ Usage (Hydra-style ``key=value`` arguments)::
 
     python tools/benchmark.py what=loss device=cpu threads=2 repeats=7 json=bench.json
 
+``what=model``: focaldet's RetinaNet against torchvision's, training step, inference and peak
+memory (``tools/benchmark_model.py``, which takes the remaining arguments).
+``what=data``: decode + transform throughput of one worker against torchvision.transforms.v2
+(``tools/benchmark_data.py``, which takes the remaining arguments).
+
 ``what=loss``: forward+backward time and peak memory of the focal loss on dense-detector logits,
 ``(240000, 80)`` and ``(2, 240000, 80)`` float32, for ``torchvision.ops.sigmoid_focal_loss`` with
 one-hot targets, ``losses.sigmoid_focal_loss`` with the same targets, and
@@ -20,6 +25,7 @@ permitted the growth of ``getrusage().ru_maxrss`` over the same baseline is used
 """
 
 import datetime
+import importlib
 import json
 import multiprocessing
 import platform
@@ -245,10 +251,18 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+DELEGATES = {"model": "benchmark_model", "data": "benchmark_data"}
+"""``what=`` choices measured by a script of their own beside this one (same ``key=value`` args)."""
+
+
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    what = next((a.partition("=")[2] for a in argv if a.startswith("what=")), "loss")
+    if what in DELEGATES:
+        delegate = importlib.import_module(DELEGATES[what])
+        return delegate.main([a for a in argv if not a.startswith("what=")])
     try:
         args = parse_args(argv)
     except ValueError as err:

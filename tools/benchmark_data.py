@@ -271,6 +271,12 @@ class Config:
     pil: bool = True
 
 
-if __name__ == "__main__":
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_cli(sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    """``key=value`` arguments over :class:`Config`, then :func:`run`."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_cli(argv))
     run(**OmegaConf.to_container(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,345 @@
+"""The training configuration: its schema, its validation and the resolvers it uses.
+
+Every error is reported before anything runs, as a :class:`ConfigError` holding one line that names
+the key and the problem; :func:`exit_on_config_error` turns it into that line on stderr and exit
+code 2. :func:`preflight` composes every job of a command line (each point of a ``-m`` sweep) with
+Hydra's compose API and validates it, so a bad sweep point stops the sweep before its first job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from hydra.utils import get_class
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+RESNET_OUT_CHANNELS: dict[int, list[int]] = {
+    18: [128, 256, 512],
+    34: [128, 256, 512],
+    50: [512, 1024, 2048],
+    101: [512, 1024, 2048],
+}
+"""Channels of C3, C4, C5 per ResNet depth (basic blocks below 50, bottlenecks from 50 on)."""
+
+CONFIG_GROUPS = ("model", "loss", "data", "optim", "train")
+"""The defaults list of ``configs/train.yaml``: one level deep, one option per group."""
+
+_T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range (one-line message)."""
+
+
+@dataclass
+class TrainConfig:
+    """Schema of the ``train`` group (``configs/train/*.yaml``)."""
+
+    max_iter: int = 1000
+    batch_size: int = 8
+    """Images per iteration summed over all processes (the learning rate scales with it)."""
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    device: str = "auto"
+    workers: int = 2
+    eval_period: int = 0
+    """Evaluate every this many iterations (0: only at the end)."""
+    checkpoint_period: int = 500
+    log_period: int = 20
+    seed: int = 0
+    resume: bool = False
+    skip_nonfinite: int = 0
+    """Steps with a non-finite loss to skip before stopping (0: stop at the first)."""
+    clip_grad_norm: float | None = None
+    sync_bn: bool = True
+    """Under DDP on CUDA, turn BatchNorm layers into SyncBatchNorm (CPU DDP keeps them local)."""
+    channels_last: bool = True
+    """On CUDA, run the network in the channels_last memory format."""
+    vis_images: int = 4
+    """Validation images drawn with predicted and ground-truth boxes in TensorBoard at each eval."""
+    vis_score_thresh: float = 0.3
+    progress: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """Schema of the ``optim`` group: SGD with linear warmup and step decay (§4.1, Training)."""
+
+    lr: float = 0.01
+    base_batch_size: int = 16
+    """The batch ``lr`` is quoted for; the run uses ``lr * train.batch_size / base_batch_size``."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])
+    """Decay points as fractions of ``train.max_iter`` (the paper's 60k and 80k of 90k)."""
+    gamma: float = 0.1
+
+
+def _resnet_channels(depth: int) -> ListConfig:
+    if int(depth) not in RESNET_OUT_CHANNELS:
+        raise ValueError(f"no ResNet of depth {depth} (choose from {sorted(RESNET_OUT_CHANNELS)})")
+    return ListConfig(RESNET_OUT_CHANNELS[int(depth)])
+
+
+def _num_anchors(scales: ListConfig, ratios: ListConfig) -> int:
+    return len(scales) * len(ratios)
+
+
+def register_resolvers() -> None:
+    """Register ``${fd.resnet_channels:DEPTH}`` and ``${fd.num_anchors:SCALES,RATIOS}``.
+
+    The first derives the FPN input channels from ``model.backbone.depth``, so that
+    ``model.backbone.depth=18`` alone switches an R50 config to R18; the second keeps the head's
+    anchor count equal to the anchor generator's.
+    """
+    OmegaConf.register_new_resolver("fd.resnet_channels", _resnet_channels, replace=True)
+    OmegaConf.register_new_resolver("fd.num_anchors", _num_anchors, replace=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _typed(schema: type[_T], node: Any, name: str) -> _T:
+    """Merge ``node`` onto the dataclass ``schema``: unknown keys and wrong types fail."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{name}: expected a group of settings, got {node!r}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        message = str(e).splitlines()[0]
+        raise ConfigError(f"{name}.{key}: {_one_line(message)}") from None
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_train(cfg: DictConfig) -> TrainConfig:
+    """Type- and range-check the ``train`` group."""
+    train = _typed(TrainConfig, cfg.train, "train")
+    _check(train.max_iter >= 1, f"train.max_iter must be >= 1, got {train.max_iter}")
+    _check(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
+    _check(train.workers >= 0, f"train.workers must be >= 0, got {train.workers}")
+    for key in ("eval_period", "checkpoint_period", "skip_nonfinite", "vis_images"):
+        value = getattr(train, key)
+        _check(value >= 0, f"train.{key} must be >= 0, got {value}")
+    _check(train.log_period >= 1, f"train.log_period must be >= 1, got {train.log_period}")
+    _check(
+        train.amp_dtype in ("bf16", "fp16"),
+        f"train.amp_dtype must be bf16 or fp16, got {train.amp_dtype!r}",
+    )
+    device = train.device
+    _check(
+        device in ("auto", "cpu", "cuda") or device.startswith("cuda:"),
+        f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}",
+    )
+    _check(
+        not (train.amp and train.amp_dtype == "fp16" and device == "cpu"),
+        "train.amp_dtype=fp16 needs CUDA (its GradScaler is CUDA-only); use bf16 on CPU",
+    )
+    _check(
+        train.clip_grad_norm is None or train.clip_grad_norm > 0,
+        f"train.clip_grad_norm must be > 0 or null, got {train.clip_grad_norm}",
+    )
+    return train
+
+
+def validate_optim(cfg: DictConfig) -> OptimConfig:
+    """Type- and range-check the ``optim`` group."""
+    optim = _typed(OptimConfig, cfg.optim, "optim")
+    _check(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
+    _check(optim.base_batch_size >= 1, "optim.base_batch_size must be >= 1")
+    _check(0 <= optim.momentum < 1, f"optim.momentum must be in [0, 1), got {optim.momentum}")
+    _check(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    _check(optim.warmup_iters >= 0, f"optim.warmup_iters must be >= 0, got {optim.warmup_iters}")
+    _check(
+        0 < optim.warmup_factor <= 1,
+        f"optim.warmup_factor must be in (0, 1], got {optim.warmup_factor}",
+    )
+    _check(
+        all(0 < s <= 1 for s in optim.steps) and list(optim.steps) == sorted(optim.steps),
+        f"optim.steps must be increasing fractions of train.max_iter in (0, 1], got {optim.steps}",
+    )
+    _check(0 < optim.gamma <= 1, f"optim.gamma must be in (0, 1], got {optim.gamma}")
+    return optim
+
+
+def validate_loss(cfg: DictConfig) -> None:
+    """The ``loss`` node must name an importable class with gamma >= 0 and alpha in [0, 1]."""
+    loss = cfg.loss
+    _check(
+        isinstance(loss, DictConfig) and "_target_" in loss,
+        "loss: expected a node with a _target_ (choose loss=focal or loss=ce)",
+    )
+    try:
+        get_class(loss._target_)
+    except Exception:  # noqa: BLE001 - Hydra raises several types for an unimportable path
+        raise ConfigError(f"loss._target_: unknown loss class {loss._target_!r}") from None
+    for key, value in loss.items():
+        if key == "_target_":
+            continue
+        _check(
+            value is None or isinstance(value, (int, float)) and not isinstance(value, bool),
+            f"loss.{key} must be a number, got {value!r}",
+        )
+    if "gamma" in loss:
+        gamma = loss.gamma
+        _check(
+            gamma is not None and math.isfinite(gamma) and gamma >= 0,
+            f"loss.gamma must be >= 0 (the focusing parameter, §3.2), got {gamma}",
+        )
+    if "alpha" in loss and loss.alpha is not None:
+        _check(0 <= loss.alpha <= 1, f"loss.alpha must be in [0, 1] or null, got {loss.alpha}")
+
+
+def validate_data(cfg: DictConfig, splits: Sequence[str] = ("train", "val")) -> None:
+    """Data paths of ``splits`` must be set, and exist unless the dataset is generated
+    (``data.generate``)."""
+    data = cfg.data
+    generated = data.get("generate") is not None
+    # `in data` is False for a key whose value is ??? (missing); keys() lists it.
+    if "root" in data.keys() and OmegaConf.is_missing(data, "root"):  # noqa: SIM118
+        raise ConfigError("data.root is not set: pass data.root=PATH (the dataset folder)")
+    for split in splits:
+        _check(split in data, f"data.{split} is missing (it needs ann_file and img_dir)")
+        for key in ("ann_file", "img_dir"):
+            name = f"data.{split}.{key}"
+            if OmegaConf.is_missing(data[split], key):
+                raise ConfigError(f"{name} is not set: pass {name}=PATH")
+            path = Path(str(data[split][key]))
+            exists = path.is_file() if key == "ann_file" else path.is_dir()
+            _check(generated or exists, f"{name}: {path} does not exist")
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """The model tree must resolve (e.g. ``model.backbone.depth`` is a known ResNet depth)."""
+    _check("_target_" in cfg.model, "model: expected a _target_ tree (e.g. model=r50)")
+    depth = OmegaConf.select(cfg, "model.backbone.depth", default=None)
+    _check(
+        depth is None or depth in RESNET_OUT_CHANNELS,
+        f"model.backbone.depth must be one of {sorted(RESNET_OUT_CHANNELS)}, got {depth}",
+    )
+    try:
+        OmegaConf.to_container(cfg.model, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "model"
+        raise ConfigError(f"{key}: {_one_line(str(e).splitlines()[0])}") from None
+
+
+def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
+    """Validate a composed training config; raise :class:`ConfigError` at the first problem."""
+    for group in CONFIG_GROUPS:
+        _check(group in cfg, f"{group}: missing from the config (defaults list of train.yaml)")
+    train = validate_train(cfg)
+    optim = validate_optim(cfg)
+    validate_loss(cfg)
+    validate_model(cfg)
+    validate_data(cfg)
+    return train, optim
+
+
+def _existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
+        raise ConfigError(f"{key} is not set: pass {key}=PATH")
+    path = Path(str(cfg[key]))
+    exists = path.is_file() if kind == "file" else path.exists()
+    _check(exists, f"{key}: {path} does not exist")
+    return path
+
+
+def validate_evaluate(cfg: DictConfig) -> None:
+    """``tools/evaluate.py``: an existing ``checkpoint`` and a usable ``data`` group."""
+    _existing_path(cfg, "checkpoint")
+    validate_data(cfg, splits=("val",))
+    _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+
+
+def validate_infer(cfg: DictConfig) -> None:
+    """``tools/infer.py``: an existing ``checkpoint`` and ``input``, an ``output`` folder, and a
+    score threshold in [0, 1]."""
+    _existing_path(cfg, "checkpoint")
+    _existing_path(cfg, "input", kind="any")
+    if OmegaConf.is_missing(cfg, "output"):
+        raise ConfigError("output is not set: pass output=DIR")
+    thresh = cfg.score_thresh
+    _check(
+        isinstance(thresh, (int, float)) and 0 <= thresh <= 1,
+        f"score_thresh must be in [0, 1], got {thresh}",
+    )
+
+
+def _group_error(e: MissingConfigException) -> str:
+    missing = e.missing_cfg_file or ""
+    if "/" in missing and e.options:
+        group, option = missing.rsplit("/", 1)
+        return f"unknown {group} {option!r} (choose from {', '.join(sorted(e.options))})"
+    return _one_line(str(e).splitlines()[0])
+
+
+def preflight(
+    argv: Sequence[str],
+    config_dir: Path,
+    config_name: str,
+    validate: Callable[[DictConfig], object] = validate_config,
+) -> None:
+    """Compose and validate every job that ``argv`` (a Hydra command line) would run.
+
+    Hydra's own flags and ``hydra.*`` overrides are left to Hydra. A command line that Hydra's
+    argument parser rejects is also left to Hydra, which reports it itself.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
+        return  # Hydra prints help or the config (--cfg job shows even an incomplete one)
+    config_name = args.config_name or config_name
+    user = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(user)
+    except HydraException as e:
+        raise ConfigError(_one_line(str(e))) from None
+    if args.multirun:
+        jobs = list(itertools.chain.from_iterable(BasicSweeper.split_arguments(parsed, None)))
+    else:
+        jobs = [user]
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = compose(config_name=config_name, overrides=list(job))
+            except MissingConfigException as e:
+                raise ConfigError(_group_error(e)) from None
+            except (HydraException, OmegaConfBaseException) as e:
+                raise ConfigError(_one_line(str(e).splitlines()[0])) from None
+            validate(cfg)
+
+
+def exit_on_config_error(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call ``fn``; on :class:`ConfigError` print ``focaldet: config error: ...`` and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as e:
+        print(f"focaldet: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+register_resolvers()

@@ -1,0 +1,105 @@
+"""tools/evaluate.py: the same AP as pycocotools on independently computed predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from data.coco import CocoDetection
+from data.transforms import build_transforms
+from detector import build_from_checkpoint
+from detector.checkpoint import load_checkpoint
+
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _data_args(root: Path) -> list[str]:
+    return [
+        f"data.root={root}",
+        "data.generate.num_train=2",
+        "data.generate.num_val=4",
+        "data.val.transforms.0.short_sizes=[64]",
+        "data.val.transforms.0.max_size=96",
+        "workers=0",
+        "device=cpu",
+    ]
+
+
+def _reference(checkpoint: Path, root: Path) -> tuple[list[dict], COCOeval]:
+    """Predictions image by image (no engine code) and pycocotools' evaluation of them."""
+    model, post, classes = build_from_checkpoint(load_checkpoint(checkpoint))
+    resize = [
+        {"_target_": "data.transforms.ResizeShortestEdge", "short_sizes": [64], "max_size": 96}
+    ]
+    ann = root / "annotations" / "instances_val.json"
+    dataset = CocoDetection(ann, root / "val", transforms=build_transforms(resize, train=False))
+    results = []
+    with torch.no_grad():
+        for image, target in dataset:
+            det = post(model([image]), torch.tensor([target["orig_size"]]))[0]
+            for box, score, label in zip(det["boxes"], det["scores"], det["labels"], strict=True):
+                x0, y0, x1, y1 = box.tolist()
+                results.append(
+                    {"image_id": target["image_id"], "category_id": classes[int(label)]["id"],
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+                )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return results, evaluator
+
+
+def test_evaluate_matches_pycocotools(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    checkpoint = make_checkpoint(0.005)
+    proc = run_tool(
+        "evaluate.py",
+        f"checkpoint={checkpoint}",
+        *_data_args(tiny_data),
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    results, reference = _reference(checkpoint, tiny_data)
+
+    assert len(predictions) == len(results) == metrics["num_detections"] > 0
+    expected = [v * 100 if v >= 0 else -1 for v in reference.stats]
+    assert [metrics[k] for k in STATS] == pytest.approx(expected, abs=1e-6)
+    # A random-weight model scores ~0 here; the predictions themselves must agree one by one
+    # (tests/engine/test_evaluator.py checks non-zero APs against pycocotools).
+    key = lambda r: (r["image_id"], r["category_id"], -r["score"])  # noqa: E731
+    for ours, ref in zip(sorted(predictions, key=key), sorted(results, key=key), strict=True):
+        assert (ours["image_id"], ours["category_id"]) == (ref["image_id"], ref["category_id"])
+        assert ours["bbox"] == pytest.approx(ref["bbox"], abs=1e-3)
+        assert ours["score"] == pytest.approx(ref["score"], abs=1e-6)
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
+    assert "per-class AP:" in proc.stdout and "  cross" in proc.stdout
+
+
+def test_evaluate_with_no_detections_scores_zero(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={make_checkpoint(0.5)}", *_data_args(tiny_data),
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_detections"] == 0
+    assert metrics["AP"] == metrics["AP50"] == metrics["AR100"] == 0.0
+    assert set(metrics["per_class_AP"].values()) <= {0.0, None}  # None: no ground truth
+    assert 0.0 in metrics["per_class_AP"].values()
+    assert json.loads((tmp_path / "predictions.json").read_text()) == []

@@ -1,0 +1,84 @@
+"""COCO evaluation of a checkpoint: ``python tools/evaluate.py checkpoint=PATH [data overrides]``.
+
+Prints pycocotools' 12-number summary and the AP of each class, and writes ``metrics.json`` and
+``predictions.json`` (COCO results) to the run directory. Works under ``torchrun`` (each process
+predicts a share of the images; rank 0 scores them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from data.loader import build_test_loader
+from data.validate import DatasetError
+from detector import build_from_checkpoint
+from detector.checkpoint import CheckpointError, load_checkpoint
+from detector.engine.config import exit_on_config_error, preflight, validate_evaluate
+from detector.engine.distributed import cleanup, init_distributed
+from detector.engine.evaluator import evaluate, format_summary
+from detector.engine.precision import MixedPrecision
+from detector.engine.summary import write_metrics
+from detector.engine.training import build_dataset, prepare_data
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+logger = logging.getLogger("focaldet.evaluate")
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.data.val``; return the metrics (rank 0)."""
+    validate_evaluate(cfg)
+    ctx = init_distributed(cfg.device)
+    checkpoint = load_checkpoint(cfg.checkpoint)
+    model, postprocessor, classes = build_from_checkpoint(checkpoint)
+    model.to(ctx.device)
+    prepare_data(cfg, ctx)
+    dataset = build_dataset(cfg, "val")
+    unknown = {c["id"] for c in dataset.classes} - {c["id"] for c in classes}
+    if unknown:
+        logger.warning("%s has categories the checkpoint does not know: %s", cfg.data.val.ann_file,
+                       sorted(unknown))  # fmt: skip
+    loader = build_test_loader(
+        dataset, cfg.data.val.get("batch_size", 1), num_workers=cfg.workers,
+        pin_memory=ctx.device.type == "cuda",
+    )  # fmt: skip
+    metrics, predictions = evaluate(
+        model,
+        postprocessor,
+        loader,
+        dataset.coco,
+        [c["id"] for c in classes],
+        ctx.device,
+        MixedPrecision(ctx.device, cfg.amp),
+    )
+    cleanup()
+    if metrics is None:
+        return None
+    metrics = {"checkpoint": str(cfg.checkpoint), **metrics}
+    write_metrics(out_dir / "metrics.json", metrics)
+    (out_dir / "predictions.json").write_text(json.dumps(predictions.results))
+    print(f"{cfg.checkpoint} on {cfg.data.val.ann_file}:\n{format_summary(metrics)}")
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'}")
+    return metrics
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = exit_on_config_error(run, cfg, out_dir)
+    except (CheckpointError, DatasetError) as e:
+        print(f"focaldet: {e}", file=sys.stderr)
+        sys.exit(1)
+    return None if metrics is None else metrics["AP"]
+
+
+if __name__ == "__main__":
+    exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "evaluate", validate_evaluate)
+    main()

@@ -1,0 +1,58 @@
+"""Train a RetinaNet: ``python tools/train.py [group=option ...] [key=value ...]``.
+
+With no arguments it generates the synthetic dataset (if missing), trains the small CPU model
+and evaluates it. See ``configs/train.yaml`` for the groups; ``--cfg job`` prints the config.
+Multi-process: ``torchrun --nproc_per_node=N tools/train.py ...`` (DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from data.validate import DatasetError
+from detector.engine.config import exit_on_config_error, preflight, register_resolvers
+from detector.engine.summary import write_metrics
+from detector.engine.trainer import NonFiniteLossError
+from detector.engine.training import run_training
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+logger = logging.getLogger("focaldet.train")
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """One Hydra job: train and return the final AP (the value a sweep compares)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = exit_on_config_error(run_training, cfg, run_dir)
+    except NonFiniteLossError as e:
+        # A diverged run is a result, not a crash (the paper's CE without the prior init
+        # diverges): record it for tools/report.py, and let the other jobs of a sweep go on.
+        write_metrics(run_dir / "metrics.json", {"diverged": True, "error": str(e)})
+        print(f"focaldet: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(1)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"focaldet: {e}", file=sys.stderr)
+        sys.exit(1)
+    return None if result.metrics is None else result.metrics.get("AP")
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    if int(os.environ.get("RANK", "0")) > 0:
+        # torchrun: ranks > 0 neither log to files nor save Hydra's copy of the config; they
+        # use rank 0's run directory (broadcast in run_training).
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    else:
+        exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "train")
+    main()
