@@ -10,6 +10,31 @@ from torchvision.ops import batched_nms
 from detector.box_coder import BoxCoder
 from detector.retinanet import DenseOutputs
 
+TOPK_PIECE = 1 << 20
+"""Most logits per row that ``_level_topk`` hands to one ``torch.topk`` call (4 MiB in float32)."""
+_TOPK_SPLITS = (1, 2, 4, 8, 16)
+
+
+def _level_topk(level: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``level.topk(min(k, M), dim=1)`` of (N, M) logits: values (N, k) sorted descending and
+    their column indices (N, k).
+
+    On CPU ``torch.topk`` of one row of R_3 K ≈ 3·10⁶ logits (P3 at 512², K = 80) takes about
+    4× the time of four rows of a quarter of the length (measured: ~60 ms against ~17 ms for
+    N = 2, 2 threads). So a row longer than ``TOPK_PIECE`` is split into ``p`` equal pieces,
+    the top ``k`` of each piece taken, then the top ``k`` of the ``p k`` survivors: the same
+    set (a row's top ``k`` lie in the union of its pieces' top ``k``), up to the order of ties.
+    """
+    n, m = level.shape
+    pieces = next((p for p in _TOPK_SPLITS if m % p == 0 and m // p <= TOPK_PIECE), 1)
+    if pieces == 1 or m // pieces < k:
+        return level.topk(min(k, m), dim=1)
+    values, idx = level.reshape(n * pieces, m // pieces).topk(k, dim=1, sorted=False)
+    offsets = torch.arange(0, m, m // pieces, device=level.device)[:, None]  # (p, 1)
+    idx = (idx.view(n, pieces, k) + offsets).view(n, pieces * k)
+    top, pos = values.view(n, pieces * k).topk(k, dim=1)
+    return top, idx.gather(1, pos)
+
 
 def topk_per_level(
     cls_logits: Tensor, num_anchors_per_level: list[int], k: int
@@ -17,15 +42,15 @@ def topk_per_level(
     """The ``k`` largest logits of each level over (anchors × classes), batched over images.
 
     ``cls_logits`` (N, R, K) → logits (N, C) and flat indices ``anchor * K + class`` (N, C) into
-    the image's (R × K), C = Σ_l min(k, R_l K). Top-k on logits equals top-k on sigmoid scores
-    (monotonic), so the sigmoid runs on the C survivors only.
+    the image's (R × K), C = Σ_l min(k, R_l K), each level's sorted descending. Top-k on logits
+    equals top-k on sigmoid scores (monotonic), so the sigmoid runs on the C survivors only.
     """
     num_classes = cls_logits.shape[-1]
     values, indices = [], []
     start = 0
     for count in num_anchors_per_level:
         level = cls_logits[:, start : start + count].reshape(cls_logits.shape[0], -1)
-        top, idx = level.topk(min(k, level.shape[1]), dim=1)
+        top, idx = _level_topk(level, k)
         values.append(top)
         indices.append(idx + start * num_classes)
         start += count

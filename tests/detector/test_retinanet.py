@@ -3,7 +3,15 @@ import copy
 import pytest
 import torch
 
-from detector import IMAGENET_MEAN, IMAGENET_STD, AnchorGenerator, DenseOutputs, RetinaNet
+from detector import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AnchorGenerator,
+    BoxCoder,
+    DenseOutputs,
+    RetinaNet,
+    postprocess,
+)
 
 
 def test_preprocess_normalises_pads_and_zeroes_padding(small_model):
@@ -86,3 +94,56 @@ def test_bad_inputs(small_model):
         small_model(torch.ones(1, 3, 64, 64, dtype=torch.int32))
     with pytest.raises(ValueError, match="empty list"):
         small_model([])
+
+
+@pytest.mark.parametrize(
+    ("rows", "length", "k", "piece", "pieces"),
+    [
+        (2, 4096, 50, 1024, 4),  # split in four pieces of 1024
+        (3, 4096, 50, 300, 16),  # the most pieces, 256 each
+        (2, 4096, 300, 300, 1),  # pieces of 256 < k: one topk over the row
+        (2, 1001, 10, 300, 1),  # 1001 = 7·11·13 splits in no power of two: one topk
+        (1, 40, 50, 8, 1),  # fewer logits than k: all of them
+    ],
+)
+def test_level_topk_split_equals_topk(monkeypatch, rows, length, k, piece, pieces):
+    monkeypatch.setattr(postprocess, "TOPK_PIECE", piece)
+    g = torch.Generator().manual_seed(0)
+    # Distinct values, so that the order (ties aside, unspecified) is fixed.
+    level = torch.stack([torch.randperm(length, generator=g) for _ in range(rows)]).float()
+    split_calls = []
+    real_topk = torch.Tensor.topk
+    monkeypatch.setattr(
+        torch.Tensor,
+        "topk",
+        lambda t, *a, **kw: split_calls.append(t.shape) or real_topk(t, *a, **kw),
+    )
+    values, idx = postprocess._level_topk(level / 7.0, k)
+    expected_values, expected_idx = real_topk(level / 7.0, min(k, length), dim=1)
+    assert torch.equal(values, expected_values) and torch.equal(idx, expected_idx)
+    if pieces > 1:
+        assert split_calls[0] == (rows * pieces, length // pieces)
+    else:
+        assert split_calls == [(rows, length)]
+
+
+def test_postprocessor_same_detections_with_split_topk(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    anchors_per_level = [600, 150, 40]
+    r, num_classes = sum(anchors_per_level), 5
+    xy = torch.rand(r, 2, generator=g) * 200
+    outputs = DenseOutputs(
+        torch.randn(2, r, num_classes, generator=g),
+        torch.randn(2, r, 4, generator=g) * 0.1,
+        torch.cat([xy, xy + 8 + torch.rand(r, 2, generator=g) * 40], 1),
+        anchors_per_level,
+        torch.tensor([[256, 256], [200, 240]]),
+    )
+    post = postprocess.RetinaNetPostProcessor(BoxCoder(), topk_candidates=100)
+    whole = post(outputs)
+    monkeypatch.setattr(postprocess, "TOPK_PIECE", 1000)  # P3's 3000 logits in 4 pieces
+    split = post(outputs)
+    for a, b in zip(split, whole, strict=True):
+        assert len(a["scores"]) > 50
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
