@@ -20,6 +20,15 @@ INITIAL_NORMALIZER = 100.0
 """Starting value of the EMA normaliser (detectron2's ``loss_normalizer``)."""
 
 
+def mean_over_processes(count: Tensor) -> Tensor:
+    """``count`` averaged over DDP processes (itself without DDP), at least 1."""
+    if dist.is_available() and dist.is_initialized():
+        count = count.clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp(min=1.0)
+
+
 class RetinaNetCriterion(nn.Module):
     """Named losses ``{"loss_cls", "loss_box"}`` for ``DenseOutputs`` and per-image targets.
 
@@ -99,12 +108,30 @@ class RetinaNetCriterion(nn.Module):
         anchor_labels = torch.where(on_crowd, IGNORE, anchor_labels)
         return anchor_labels, boxes[index]
 
+    def label_batch(self, outputs: DenseOutputs, targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
+        """Labels (N, R) int64 and matched boxes (N, R, 4): ``label_anchors`` of every image."""
+        if len(targets) != outputs.cls_logits.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}: {len(targets)} targets for "
+                f"{outputs.cls_logits.shape[0]} images"
+            )
+        labelled = [self.label_anchors(outputs.anchors, t) for t in targets]
+        labels = torch.stack([lab for lab, _ in labelled])
+        matched_boxes = torch.stack([b for _, b in labelled])
+        return labels, matched_boxes
+
+    def box_loss_sum(self, outputs: DenseOutputs, labels: Tensor, matched_boxes: Tensor) -> Tensor:
+        """The box loss summed over the positive anchors of ``labels`` (N, R), not normalised."""
+        positive = labels >= 0
+        return self.box_loss(
+            outputs.box_deltas[positive].float(),
+            outputs.anchors.expand_as(matched_boxes)[positive],
+            matched_boxes[positive],
+            self.box_coder,
+        )
+
     def _normalizer(self, num_pos: Tensor) -> Tensor:
-        if dist.is_available() and dist.is_initialized():
-            num_pos = num_pos.clone()
-            dist.all_reduce(num_pos)
-            num_pos = num_pos / dist.get_world_size()
-        num_pos = num_pos.clamp(min=1.0)
+        num_pos = mean_over_processes(num_pos)
         if self.normalizer_momentum is None:
             return num_pos
         m = self.normalizer_momentum
@@ -115,24 +142,13 @@ class RetinaNetCriterion(nn.Module):
 
     def forward(self, outputs: DenseOutputs, targets: Sequence[dict]) -> dict[str, Tensor]:
         """``{"loss_cls": scalar, "loss_box": scalar}``, each a sum divided by the normaliser."""
-        cls_logits, box_deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(
-                f"RetinaNetCriterion: {len(targets)} targets for {cls_logits.shape[0]} images"
-            )
-        labelled = [self.label_anchors(anchors, t) for t in targets]
-        labels = torch.stack([lab for lab, _ in labelled])  # (N, R)
-        matched_boxes = torch.stack([b for _, b in labelled])  # (N, R, 4)
-        positive = labels >= 0
-        normalizer = self._normalizer(positive.sum().float())
+        labels, matched_boxes = self.label_batch(outputs, targets)
+        normalizer = self._normalizer((labels >= 0).sum().float())
 
-        num_classes = cls_logits.shape[-1]
+        num_classes = outputs.cls_logits.shape[-1]
         # IGNORE anchors are passed along and contribute exactly nothing, which spares a gather.
-        loss_cls = self.cls_loss(cls_logits.reshape(-1, num_classes).float(), labels.reshape(-1))
-        loss_box = self.box_loss(
-            box_deltas[positive].float(),
-            anchors.expand_as(matched_boxes)[positive],
-            matched_boxes[positive],
-            self.box_coder,
+        loss_cls = self.cls_loss(
+            outputs.cls_logits.reshape(-1, num_classes).float(), labels.reshape(-1)
         )
+        loss_box = self.box_loss_sum(outputs, labels, matched_boxes)
         return {"loss_cls": loss_cls / normalizer, "loss_box": loss_box / normalizer}

@@ -9,25 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from detector.box_coder import BoxCoder
-from detector.criterion import RetinaNetCriterion
+from detector.criterion import RetinaNetCriterion, mean_over_processes
 from detector.matcher import Matcher
 from detector.retinanet import DenseOutputs
 from losses.focal import FocalLoss, sigmoid_focal_loss_labels
 from losses.labels import IGNORE
 from losses.ohem import check_ohem_params, ohem_select
-
-
-def _mean_over_processes(count: Tensor) -> Tensor:
-    """``count`` averaged over DDP processes (itself without DDP), at least 1."""
-    if dist.is_available() and dist.is_initialized():
-        count = count.clone()
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return count.clamp(min=1.0)
 
 
 class OHEMCriterion(RetinaNetCriterion):
@@ -100,28 +90,17 @@ class OHEMCriterion(RetinaNetCriterion):
 
     def forward(self, outputs: DenseOutputs, targets: Sequence[dict]) -> dict[str, Tensor]:
         """``{"loss_cls": scalar, "loss_box": scalar}`` (see the class docstring)."""
-        cls_logits, box_deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(
-                f"OHEMCriterion: {len(targets)} targets for {cls_logits.shape[0]} images"
-            )
-        labelled = [self.label_anchors(anchors, t) for t in targets]
-        labels = torch.stack([lab for lab, _ in labelled])  # (N, R)
-        matched_boxes = torch.stack([b for _, b in labelled])  # (N, R, 4)
+        labels, matched_boxes = self.label_batch(outputs, targets)
         keep = self.select(outputs, labels)
-        positive = labels >= 0
 
-        num_classes = cls_logits.shape[-1]
+        num_classes = outputs.cls_logits.shape[-1]
         mined = torch.where(keep, labels, IGNORE)
-        loss_cls = self.cls_loss(cls_logits.reshape(-1, num_classes).float(), mined.reshape(-1))
-        loss_box = self.box_loss(
-            box_deltas[positive].float(),
-            anchors.expand_as(matched_boxes)[positive],
-            matched_boxes[positive],
-            self.box_coder,
+        loss_cls = self.cls_loss(
+            outputs.cls_logits.reshape(-1, num_classes).float(), mined.reshape(-1)
         )
-        num_selected = _mean_over_processes(keep.sum().float())
-        normalizer = self._normalizer(positive.sum().float())
+        loss_box = self.box_loss_sum(outputs, labels, matched_boxes)
+        num_selected = mean_over_processes(keep.sum().float())
+        normalizer = self._normalizer((labels >= 0).sum().float())
         return {"loss_cls": loss_cls / num_selected, "loss_box": loss_box / normalizer}
 
     def extra_repr(self) -> str:

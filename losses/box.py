@@ -72,6 +72,15 @@ def giou_loss(
         )
 
 
+def _check_box_loss_inputs(
+    pred_deltas: torch.Tensor, anchors: torch.Tensor, gt_boxes: torch.Tensor
+) -> None:
+    """The box losses' inputs: ``(P, 4)`` deltas, anchors and boxes of one shape."""
+    check_boxes(pred_deltas, "pred_deltas")
+    check_same_shape(anchors, pred_deltas, ("anchors", "pred_deltas"))
+    check_same_shape(gt_boxes, pred_deltas, ("gt_boxes", "pred_deltas"))
+
+
 class SmoothL1BoxLoss(nn.Module):
     """Smooth L1 between predicted deltas and the encoded ground truth, summed."""
 
@@ -93,9 +102,7 @@ class SmoothL1BoxLoss(nn.Module):
         box_coder: BoxCoderLike,
     ) -> torch.Tensor:
         """``(P, 4)`` deltas, anchors and matched xyxy boxes of the P positives → scalar sum."""
-        check_boxes(pred_deltas, "pred_deltas")
-        check_same_shape(anchors, pred_deltas, ("anchors", "pred_deltas"))
-        check_same_shape(gt_boxes, pred_deltas, ("gt_boxes", "pred_deltas"))
+        _check_box_loss_inputs(pred_deltas, anchors, gt_boxes)
         target_deltas = box_coder.encode(anchors, gt_boxes)
         return smooth_l1_loss(pred_deltas, target_deltas, beta=self.beta, reduction="sum")
 
@@ -114,8 +121,6 @@ class GIoUBoxLoss(nn.Module):
         box_coder: BoxCoderLike,
     ) -> torch.Tensor:
         """``(P, 4)`` deltas, anchors and matched xyxy boxes of the P positives → scalar sum."""
-        check_boxes(pred_deltas, "pred_deltas")
-        check_same_shape(anchors, pred_deltas, ("anchors", "pred_deltas"))
-        check_same_shape(gt_boxes, pred_deltas, ("gt_boxes", "pred_deltas"))
+        _check_box_loss_inputs(pred_deltas, anchors, gt_boxes)
         pred_boxes = box_coder.decode(anchors, pred_deltas)
         return giou_loss(pred_boxes, gt_boxes, reduction="sum")

@@ -106,22 +106,43 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
+def resident_set_kib(run: Callable[[], object]) -> tuple[int, int]:
+    """Calls ``run`` and returns this process's resident set (KiB) before it and at its peak.
+
+    The kernel's high-water mark is reset first (``/proc/self/clear_refs``), so the peak is the
+    one reached while ``run`` ran: (``VmRSS`` before, ``VmHWM`` after). Where the reset is not
+    permitted, ``getrusage().ru_maxrss`` before and after (the process's all-time peak).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+        base = _proc_status_kib("VmRSS")
+        run()
+        peak = _proc_status_kib("VmHWM")
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return base, peak
+
+
+def in_fresh_process(worker: Callable[..., None], *args: object) -> object:
+    """The value ``worker(*args, queue)`` puts on ``queue``, run in a freshly spawned process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=worker, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
 def _cpu_peak_worker(impl: str, shape: tuple[int, ...], threads: int, queue) -> None:
     """Runs in a fresh process: peak resident-set growth (bytes) of one forward+backward."""
     torch.set_num_threads(threads)
     inputs = make_loss_inputs(shape, torch.device("cpu"))
     loss_step(impl, make_loss_inputs((64, shape[-1]), torch.device("cpu")))()
-    step = loss_step(impl, inputs)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current VmRSS
-        base = _proc_status_kib("VmRSS")
-        step()
-        peak = _proc_status_kib("VmHWM")
-    except OSError:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, peak = resident_set_kib(loss_step(impl, inputs))
     queue.put((peak - base) * 1024)
 
 
@@ -137,13 +158,7 @@ def peak_memory(impl: str, shape: tuple[int, ...], device: torch.device, threads
         step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_worker, args=(impl, shape, threads, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return in_fresh_process(_cpu_peak_worker, impl, shape, threads)
 
 
 def median_times(

@@ -43,9 +43,6 @@ from __future__ import annotations
 import datetime
 import gc
 import json
-import multiprocessing
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -75,10 +72,13 @@ from detector import (
 from detector.anchors import torchvision_anchor_sizes
 from losses import FocalLoss, SmoothL1BoxLoss
 
+# The sibling tools/benchmark.py, also when this file is loaded by path rather than run.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import MIB, cpu_name, in_fresh_process, resident_set_kib  # noqa: E402
+
 IMPLS = ("focaldet", "torchvision")
 MODES = ("infer", "train")
 """Inference first, while both models still hold the same weights."""
-MIB = 1 << 20
 KIB = 1 << 10
 FPN_CHANNELS = 256
 TRAINABLE_LAYERS = 3
@@ -262,14 +262,6 @@ def _models(impl: str, tv: nn.Module, ours: nn.Module, criterion: nn.Module, pos
     return {"model": ours, "criterion": criterion, "post": post}
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
 def _cpu_peak_worker(impl: str, mode: str, config: dict, queue) -> None:
     """In a fresh process: the peak resident set (bytes) over ``warmup + 1`` steps."""
     torch.set_num_threads(config["threads"])
@@ -280,18 +272,14 @@ def _cpu_peak_worker(impl: str, mode: str, config: dict, queue) -> None:
     gc.collect()
     images, targets = make_inputs(config["batch"], config["size"], config["num_classes"], device)
     step = make_step(impl, mode, models, images, targets, config["amp"], config["compile"])
-    try:
-        # Forget the other model's weights (built to copy them): reset the high-water mark to
-        # the current resident set, now that only the measured model is held.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+
+    def steps() -> None:
         for _ in range(config["warmup"] + 1):
             step()
-        peak_kib = _proc_status_kib("VmHWM")
-    except OSError:
-        for _ in range(config["warmup"] + 1):
-            step()
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    # The high-water mark is reset before the steps, so it forgets the other model's weights
+    # (built to copy them): only the measured model is held now.
+    _, peak_kib = resident_set_kib(steps)
     queue.put(peak_kib * KIB)
 
 
@@ -306,13 +294,7 @@ def peak_memory(
         step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_worker, args=(impl, mode, config, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return in_fresh_process(_cpu_peak_worker, impl, mode, config)
 
 
 def run(
@@ -407,18 +389,6 @@ def run(
         "load_average": _load_average(),
     }
     return {"meta": meta, "config": config, "check": check, "results": results}
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _load_average() -> list[float] | None:
