@@ -55,3 +55,19 @@ def test_bad_config_exits_2_with_one_line(
     assert proc.returncode == 2
     assert proc.stderr == f"focaldet: config error: {message}\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(
+    run_tool: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    proc = run_tool(
+        "train.py", "-m", "optim.lr=1e30,0.01", f"data.root={tiny_data}", *TINY,
+        "train.max_iter=3", "train.clip_grad_norm=null",
+        f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=lr${optim.lr}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    diverged = json.loads((tmp_path / "lr1e+30" / "metrics.json").read_text())
+    assert diverged["diverged"] is True
+    assert diverged["error"].startswith("non-finite loss at iteration ")
+    finished = json.loads((tmp_path / "lr0.01" / "metrics.json").read_text())
+    assert "AP" in finished and "diverged" not in finished
