@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,34 @@ def write_coco(dataset: dict[str, Any], out: str | Path) -> Path:
         len(dataset["categories"]),
     )
     return out
+
+
+def split_coco(
+    dataset: dict[str, Any], val_fraction: float, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a COCO dict by image into ``(train, val)``.
+
+    ``round(val_fraction * N)`` images, chosen by a shuffle seeded with ``seed``, go to val; each
+    annotation follows its image. Both halves keep the categories and info, and both keep at
+    least one image. Image and annotation ids are unchanged, so either half can be traced back.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    images = dataset["images"]
+    if len(images) < 2:
+        raise DatasetError(f"cannot split {len(images)} image(s) into train and val")
+    num_val = min(max(round(val_fraction * len(images)), 1), len(images) - 1)
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)
+    val_ids = {images[i]["id"] for i in order[:num_val]}
+
+    def part(in_val: bool) -> dict[str, Any]:
+        return {
+            **dataset,
+            "images": [image for image in images if (image["id"] in val_ids) == in_val],
+            "annotations": [
+                ann for ann in dataset["annotations"] if (ann["image_id"] in val_ids) == in_val
+            ],
+        }
+
+    return part(False), part(True)

@@ -3,19 +3,23 @@
     python tools/convert_dataset.py format=voc ann_dir=DIR img_dir=DIR out=FILE.json [classes=NAMES]
     python tools/convert_dataset.py format=yolo labels_dir=DIR img_dir=DIR classes=NAMES \
         out=FILE.json
+    python tools/convert_dataset.py ... out=DIR/instances.json val_fraction=0.2 [seed=0]
 
 ``classes`` is a file with one class name per line (required for YOLO; for VOC it fixes the
-category order, default: sorted names found).
+category order, default: sorted names found). With ``val_fraction`` the images are split at
+random (seeded) into ``<out>_train.json`` and ``<out>_val.json``, e.g. ``instances_train.json`` and
+``instances_val.json`` for ``out=instances.json``.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import MISSING, OmegaConf
 
-from data.convert import read_class_names, voc_to_coco, write_coco, yolo_to_coco
+from data.convert import read_class_names, split_coco, voc_to_coco, write_coco, yolo_to_coco
 from data.validate import DatasetError
 
 
@@ -27,6 +31,8 @@ class Config:
     ann_dir: str | None = None
     labels_dir: str | None = None
     classes: str | None = None
+    val_fraction: float | None = None
+    seed: int = 0
 
 
 def main(argv: list[str]) -> int:
@@ -43,14 +49,24 @@ def main(argv: list[str]) -> int:
             dataset = yolo_to_coco(cfg.labels_dir, cfg.img_dir, classes)
         else:
             raise DatasetError(f"format must be voc or yolo, not {cfg.format!r}")
+        if cfg.val_fraction is None:
+            outputs = {Path(cfg.out): dataset}
+        else:
+            out = Path(cfg.out)
+            train, val = split_coco(dataset, cfg.val_fraction, cfg.seed)
+            outputs = {
+                out.with_name(f"{out.stem}_train{out.suffix}"): train,
+                out.with_name(f"{out.stem}_val{out.suffix}"): val,
+            }
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    write_coco(dataset, cfg.out)
-    print(
-        f"wrote {cfg.out}: {len(dataset['images'])} images, {len(dataset['annotations'])} boxes, "
-        f"{len(dataset['categories'])} categories"
-    )
+    for path, part in outputs.items():
+        write_coco(part, path)
+        print(
+            f"wrote {path}: {len(part['images'])} images, {len(part['annotations'])} boxes, "
+            f"{len(part['categories'])} categories"
+        )
     return 0
 
 

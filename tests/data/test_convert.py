@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from data.coco import CocoDetection
-from data.convert import read_class_names, voc_to_coco, write_coco, yolo_to_coco
+from data.convert import read_class_names, split_coco, voc_to_coco, write_coco, yolo_to_coco
 from data.validate import DatasetError, validate_coco
 
 VOC_XML = """<annotation><filename>{name}</filename>
@@ -100,3 +105,79 @@ def test_raccoon_voc(tmp_path, raccoon):
             assert image.shape == (3, *record["size"])
         boxes += len(record["boxes"])
     assert boxes == 217 and len(dataset) == 200
+
+
+def _numbered(num_images: int) -> dict:
+    """A COCO dict with image i holding i % 3 boxes (so some images have none)."""
+    images = [
+        {"id": 10 + i, "file_name": f"{i}.png", "width": 8, "height": 8} for i in range(num_images)
+    ]
+    annotations = [
+        {
+            "id": 100 * i + k,
+            "image_id": 10 + i,
+            "category_id": 1,
+            "bbox": [0, 0, 4, 4],
+            "area": 16,
+            "iscrowd": 0,
+        }
+        for i in range(num_images)
+        for k in range(i % 3)
+    ]
+    return {
+        "info": {},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "x"}],
+    }
+
+
+def test_split_is_a_seeded_partition_by_image() -> None:
+    dataset = _numbered(10)
+    train, val = split_coco(dataset, 0.25, seed=3)
+    assert len(val["images"]) == 2 and len(train["images"]) == 8  # round(2.5) == 2
+    train_ids = {image["id"] for image in train["images"]}
+    val_ids = {image["id"] for image in val["images"]}
+    assert train_ids.isdisjoint(val_ids) and train_ids | val_ids == set(range(10, 20))
+    for part, ids in ((train, train_ids), (val, val_ids)):
+        assert {ann["image_id"] for ann in part["annotations"]} <= ids
+        assert part["categories"] == dataset["categories"]
+    assert len(train["annotations"]) + len(val["annotations"]) == len(dataset["annotations"]) == 9
+    assert split_coco(dataset, 0.25, seed=3) == (train, val)
+    assert any(split_coco(dataset, 0.25, seed=s)[1] != val for s in range(4, 8))
+
+
+def test_split_keeps_an_image_on_each_side() -> None:
+    assert len(split_coco(_numbered(3), 0.01)[1]["images"]) == 1
+    assert len(split_coco(_numbered(3), 0.99)[0]["images"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("num_images", "fraction", "message"),
+    [
+        (4, 0.0, "val_fraction must be between 0 and 1 (exclusive), not 0.0"),
+        (4, 1.0, "val_fraction must be between 0 and 1 (exclusive), not 1.0"),
+        (1, 0.5, "cannot split 1 image(s) into train and val"),
+    ],
+)
+def test_split_bad_input(num_images: int, fraction: float, message: str) -> None:
+    with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        split_coco(_numbered(num_images), fraction)
+
+
+def test_tool_splits_raccoon(tmp_path, raccoon) -> None:
+    tool = Path(__file__).resolve().parents[2] / "tools" / "convert_dataset.py"
+    args = [f"ann_dir={raccoon / 'annotations'}", f"img_dir={raccoon / 'images'}"]
+    out = tmp_path / "instances.json"
+    run = subprocess.run(
+        [sys.executable, str(tool), "format=voc", *args, f"out={out}", "val_fraction=0.2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"wrote {tmp_path / 'instances_train.json'}: 160 images" in run.stdout
+    train = json.loads((tmp_path / "instances_train.json").read_text())
+    val = json.loads((tmp_path / "instances_val.json").read_text())
+    assert len(val["images"]) == 40
+    assert len(train["annotations"]) + len(val["annotations"]) == 217
+    assert not out.exists()

@@ -94,6 +94,19 @@ def test_coco_layouts(compose_train: Compose, tmp_path: Path) -> None:
     validate_config(compose_train(["data=coco_format", *files]))
 
 
+def test_raccoon_layout(compose_train: Compose, tmp_path: Path) -> None:
+    """data=raccoon reads the two files tools/convert_dataset.py writes with val_fraction."""
+    (tmp_path / "photos").mkdir()
+    overrides = ["data=raccoon", f"data.root={tmp_path}", f"data.img_dir={tmp_path}/photos"]
+    with pytest.raises(ConfigError, match=f"data.train.ann_file: {tmp_path}/instances_train.json"):
+        validate_config(compose_train(overrides))
+    for split in ("train", "val"):
+        (tmp_path / f"instances_{split}.json").write_text("{}")
+    cfg = compose_train(overrides)
+    validate_config(cfg)
+    assert cfg.data.val.img_dir == cfg.data.train.img_dir == f"{tmp_path}/photos"
+
+
 BAD = [
     (["loss.gamma=-1"], "loss.gamma must be >= 0 (the focusing parameter, §3.2), got -1"),
     (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or null, got 1.5"),
