@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -195,9 +196,7 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
             structural("not_coco", where, "file_name is not a non-empty string")
         elif not (root / file_name).resolve().is_relative_to(root):
             structural("outside_img_dir", where, f"file name resolves outside {root}")
-    for image_id, count in image_ids.items():
-        if count > 1:
-            structural("duplicate_image_id", f"image id {image_id}", f"appears {count} times")
+    _duplicates(image_ids, "image", structural)
 
     category_ids: Counter[Any] = Counter()
     for index, category in enumerate(dataset["categories"]):
@@ -207,9 +206,7 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
         if not isinstance(category.get("name"), str):
             structural("not_coco", f"category {category['id']}", "needs a string name")
         category_ids[category["id"]] += 1
-    for category_id, count in category_ids.items():
-        if count > 1:
-            structural("duplicate_category_id", f"category id {category_id}", f"{count} times")
+    _duplicates(category_ids, "category", structural)
 
     annotation_ids: Counter[Any] = Counter()
     for index, ann in enumerate(dataset["annotations"]):
@@ -231,10 +228,15 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             structural("bad_bbox", where, f"bbox {bbox!r} is not 4 finite numbers [x, y, w, h]")
-    for ann_id, count in annotation_ids.items():
-        if count > 1:
-            structural("duplicate_annotation_id", f"annotation id {ann_id}", f"{count} times")
+    _duplicates(annotation_ids, "annotation", structural)
     return problems
+
+
+def _duplicates(counts: Counter[Any], noun: str, report: Callable[[str, str, str], None]) -> None:
+    """Report each id of ``counts`` seen more than once, as ``duplicate_<noun>_id``."""
+    for id_, count in counts.items():
+        if count > 1:
+            report(f"duplicate_{noun}_id", f"{noun} id {id_}", f"appears {count} times")
 
 
 def sanitize_box(

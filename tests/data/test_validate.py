@@ -58,7 +58,7 @@ def test_ids_and_fields(tiny_coco):
     report = _report(ann_file, img_dir, dataset)
     assert set(_messages(report)) == {
         "image id 10: appears 2 times",
-        "annotation id 1: 2 times",
+        "annotation id 1: appears 2 times",
         "annotation 3: category_id 4 is not a category",
         "annotation 4: image_id 99 is not an image",
         "annotation 5: bbox [1, 2, 3] is not 4 finite numbers [x, y, w, h]",
