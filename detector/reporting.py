@@ -11,6 +11,7 @@ is counted in the row's ``runs`` column and left out of the mean.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +76,14 @@ def run_params(cfg: dict[str, Any]) -> dict[str, Any]:
         "num_scales": len(anchors.get("scales", DEFAULT_SCALES)),
         "num_ratios": len(anchors["ratios"]),
         "prior_prob": cfg["model"]["head"].get("prior_prob"),
+        "data": _dataset(cfg),
     }
+
+
+def _dataset(cfg: dict[str, Any]) -> str | None:
+    """The run's dataset: ``data.root``, else the validation annotation file, else None."""
+    data = cfg.get("data") or {}
+    return data.get("root") or (data.get("val") or {}).get("ann_file")
 
 
 def load_run(run_dir: Path) -> Run:
@@ -322,6 +330,15 @@ def write_hparams(runs: Sequence[Run], runs_dir: Path, log_dir: Path) -> int:
     return len(finished)
 
 
+def _slug(dataset: str | None) -> str:
+    """A file-name-safe short name of a dataset path (``datasets/raccoon`` → ``raccoon``)."""
+    if dataset is None:
+        return "unknown"
+    path = Path(dataset)
+    name = path.stem if path.suffix == ".json" else path.name
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "dataset"
+
+
 def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``report.md`` (every table with runs), the AP plots and TensorBoard HParams.
 
@@ -337,16 +354,24 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
         "AP, AP50, AP75: COCO AP ×100 on the validation split, mean ± sample std over seeds; "
         "`runs`: finished runs (diverged or missing ones are not averaged)."
     )
-    for spec in TABLES:
-        rows = build_rows(spec, runs)
-        if not rows:
-            continue
-        parts += ["", f"## {spec.title}", "", markdown_table(spec, rows)]
-        if spec.notes:
-            parts += ["", spec.notes]
-        if spec.plot is not None:
-            plot = plot_table(spec, rows, out_dir / spec.plot[0])
-            parts += ["", f"![{spec.title}]({plot.name})"]
+    datasets = sorted({r.params["data"] for r in runs}, key=str)
+    for dataset in datasets:
+        # Runs on different datasets never share a table; with several datasets each table's
+        # title and plot name say which one it is.
+        on_dataset = [r for r in runs if r.params["data"] == dataset]
+        several = len(datasets) > 1
+        for spec in TABLES:
+            rows = build_rows(spec, on_dataset)
+            if not rows:
+                continue
+            title = f"{spec.title}, on `{dataset}`" if several else spec.title
+            parts += ["", f"## {title}", "", markdown_table(spec, rows)]
+            if spec.notes:
+                parts += ["", spec.notes]
+            if spec.plot is not None:
+                name = f"{_slug(dataset)}_{spec.plot[0]}" if several else spec.plot[0]
+                plot = plot_table(spec, rows, out_dir / name)
+                parts += ["", f"![{title}]({plot.name})"]
     count = write_hparams(runs, runs_dir, out_dir / "tensorboard")
     parts += [
         "",

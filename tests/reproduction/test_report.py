@@ -25,6 +25,7 @@ def write_run(
     metrics: dict | None,
     criterion: dict | None = None,
     prior: float = 0.01,
+    data: dict | None = None,
 ) -> None:
     """A run folder as tools/train.py leaves it (only the keys the report reads)."""
     config = {
@@ -34,6 +35,7 @@ def write_run(
                       **(criterion or {})},
         "model": {"anchor_generator": {"scales": [1.0, 1.26, 1.59], "ratios": [0.5, 1.0, 2.0]},
                   "head": {"prior_prob": prior}},
+        **({"data": data} if data is not None else {}),
     }  # fmt: skip
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -170,3 +172,22 @@ def test_unreadable_runs_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no run folders"):
         write_report(tmp_path / "empty", tmp_path / "o")
+
+
+def test_each_dataset_gets_its_own_tables(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    synthetic = {"root": "datasets/synthetic", "val": {"ann_file": "x/instances_val.json"}}
+    photos = {"val": {"ann_file": "data/raccoon_val.json"}}  # no root: the annotation file
+    write_run(root / "a", "table1b", 0, focal(0.25, 2.0), ap(60.0, 80.0, 70.0), data=synthetic)
+    write_run(root / "b", "table1b", 0, focal(0.25, 2.0), ap(20.0, 50.0, 10.0), data=photos)
+    write_run(root / "c", "table1b", 1, focal(0.25, 2.0), ap(22.0, 52.0, 12.0), data=photos)
+    report = write_report(root, tmp_path / "out").read_text()
+    title = "Table 1b: focal loss over (γ, α)"
+    assert section(report, f"{title}, on `datasets/synthetic`")[2:] == [
+        "| 2 | 0.25 | 60.0 | 80.0 | 70.0 | 34.0 | 1 |"
+    ]
+    assert section(report, f"{title}, on `data/raccoon_val.json`")[2:] == [
+        "| 2 | 0.25 | 21.0 ± 1.4 | 51.0 ± 1.4 | 11.0 ± 1.4 | 34.0 | 2 |"
+    ]
+    plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert plots == ["raccoon_val_table1b_ap_vs_gamma.png", "synthetic_table1b_ap_vs_gamma.png"]
