@@ -77,6 +77,7 @@ def run_params(cfg: dict[str, Any]) -> dict[str, Any]:
         "num_ratios": len(anchors["ratios"]),
         "prior_prob": cfg["model"]["head"].get("prior_prob"),
         "data": _dataset(cfg),
+        "max_iter": cfg["train"].get("max_iter"),
     }
 
 
@@ -354,23 +355,30 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
         "AP, AP50, AP75: COCO AP ×100 on the validation split, mean ± sample std over seeds; "
         "`runs`: finished runs (diverged or missing ones are not averaged)."
     )
-    datasets = sorted({r.params["data"] for r in runs}, key=str)
-    for dataset in datasets:
-        # Runs on different datasets never share a table; with several datasets each table's
-        # title and plot name say which one it is.
-        on_dataset = [r for r in runs if r.params["data"] == dataset]
-        several = len(datasets) > 1
+    # Runs on different datasets or schedules never share a table; where the folder holds
+    # several, each table's title and plot name say which one it is.
+    settings = sorted({(r.params["data"], r.params["max_iter"]) for r in runs}, key=str)
+    several_data = len({data for data, _ in settings}) > 1
+    several_iters = len({iters for _, iters in settings}) > 1
+    for data, iters in settings:
+        group = [r for r in runs if (r.params["data"], r.params["max_iter"]) == (data, iters)]
+        where = ([f"on `{data}`"] if several_data else []) + (
+            [f"{iters} iterations"] if several_iters else []
+        )
+        prefix = "".join(
+            ([f"{_slug(data)}_"] if several_data else [])
+            + ([f"{iters}it_"] if several_iters else [])
+        )
         for spec in TABLES:
-            rows = build_rows(spec, on_dataset)
+            rows = build_rows(spec, group)
             if not rows:
                 continue
-            title = f"{spec.title}, on `{dataset}`" if several else spec.title
+            title = ", ".join([spec.title, *where])
             parts += ["", f"## {title}", "", markdown_table(spec, rows)]
             if spec.notes:
                 parts += ["", spec.notes]
             if spec.plot is not None:
-                name = f"{_slug(dataset)}_{spec.plot[0]}" if several else spec.plot[0]
-                plot = plot_table(spec, rows, out_dir / name)
+                plot = plot_table(spec, rows, out_dir / f"{prefix}{spec.plot[0]}")
                 parts += ["", f"![{title}]({plot.name})"]
     count = write_hparams(runs, runs_dir, out_dir / "tensorboard")
     parts += [

@@ -26,11 +26,12 @@ def write_run(
     criterion: dict | None = None,
     prior: float = 0.01,
     data: dict | None = None,
+    max_iter: int | None = None,
 ) -> None:
     """A run folder as tools/train.py leaves it (only the keys the report reads)."""
     config = {
         "experiment": {"name": table},
-        "train": {"seed": seed},
+        "train": {"seed": seed, **({"max_iter": max_iter} if max_iter else {})},
         "criterion": {"_target_": "detector.RetinaNetCriterion", "cls_loss": cls_loss,
                       **(criterion or {})},
         "model": {"anchor_generator": {"scales": [1.0, 1.26, 1.59], "ratios": [0.5, 1.0, 2.0]},
@@ -191,3 +192,19 @@ def test_each_dataset_gets_its_own_tables(tmp_path: Path) -> None:
     ]
     plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert plots == ["raccoon_val_table1b_ap_vs_gamma.png", "synthetic_table1b_ap_vs_gamma.png"]
+
+
+def test_each_schedule_gets_its_own_tables(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    write_run(root / "a", "table1a", 0, focal(0.75, 0.0), ap(60.0, 80.0, 70.0), max_iter=400)
+    write_run(root / "b", "table1a", 0, focal(0.75, 0.0), ap(64.0, 84.0, 74.0), max_iter=1200)
+    report = write_report(root, tmp_path / "out").read_text()
+    title = "Table 1a: α-balanced CE (γ = 0) over α"
+    assert section(report, f"{title}, 400 iterations")[2:] == [
+        "| 0.75 | 0 | 60.0 | 80.0 | 70.0 | 31.1 | 1 |"
+    ]
+    assert section(report, f"{title}, 1200 iterations")[2:] == [
+        "| 0.75 | 0 | 64.0 | 84.0 | 74.0 | 31.1 | 1 |"
+    ]
+    plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert plots == ["1200it_table1a_ap_vs_alpha.png", "400it_table1a_ap_vs_alpha.png"]
