@@ -262,7 +262,17 @@ def build_rows(spec: TableSpec, runs: Sequence[Run]) -> list[Row]:
         if run.params["table"] != spec.name:
             continue
         cells = tuple(cell(run.params) for _, cell in spec.columns)
-        rows.setdefault(cells, Row(cells)).runs.append(run)
+        row = rows.setdefault(cells, Row(cells))
+        # A row averages seeds; two runs with one seed differ in a setting the table does not
+        # show (e.g. a sweep with another schedule or gradient clipping in the same folder).
+        twin = next((r for r in row.runs if r.params["seed"] == run.params["seed"]), None)
+        if twin is not None:
+            raise ReportError(
+                f"{twin.path} and {run.path} fill the same row of {spec.name} with the same seed "
+                f"{run.params['seed']}: they differ in a setting the table does not show; "
+                "report their folders separately"
+            )
+        row.runs.append(run)
     return sorted(rows.values(), key=lambda row: spec.order(row.params))
 
 

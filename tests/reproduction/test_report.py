@@ -208,3 +208,14 @@ def test_each_schedule_gets_its_own_tables(tmp_path: Path) -> None:
     ]
     plots = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert plots == ["1200it_table1a_ap_vs_alpha.png", "400it_table1a_ap_vs_alpha.png"]
+
+
+def test_runs_that_the_table_cannot_tell_apart_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "multirun"
+    write_run(root / "clip", "no_prior", 0, focal(0.75, 0.0), ap(60.0, 80.0, 70.0))
+    write_run(root / "noclip", "no_prior", 0, focal(0.75, 0.0), ap(50.0, 70.0, 60.0))
+    message = (
+        f"{root / 'clip'} and {root / 'noclip'} fill the same row of no_prior with the same seed 0"
+    )
+    with pytest.raises(ReportError, match=message):
+        write_report(root, tmp_path / "out")
