@@ -20,7 +20,12 @@ from data.loader import build_test_loader
 from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
-from detector.engine.config import exit_on_config_error, preflight, validate_evaluate
+from detector.engine.config import (
+    exit_on_config_error,
+    preflight,
+    quote_path_arguments,
+    validate_evaluate,
+)
 from detector.engine.distributed import cleanup, init_distributed
 from detector.engine.evaluator import evaluate, format_summary
 from detector.engine.precision import MixedPrecision
@@ -80,5 +85,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_arguments(sys.argv[1:], ("checkpoint",))
     exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "evaluate", validate_evaluate)
     main()

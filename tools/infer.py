@@ -24,7 +24,12 @@ from data.decode import ImageDecodeError, read_image
 from data.transforms import build_transforms
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
-from detector.engine.config import exit_on_config_error, preflight, validate_infer
+from detector.engine.config import (
+    exit_on_config_error,
+    preflight,
+    quote_path_arguments,
+    validate_infer,
+)
 from detector.engine.distributed import resolve_device
 from detector.engine.evaluator import to_coco_results
 from detector.engine.visualize import draw_detections
@@ -107,5 +112,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_arguments(sys.argv[1:], ("checkpoint", "input", "output"))
     exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "infer", validate_infer)
     main()

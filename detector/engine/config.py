@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -331,6 +332,34 @@ def preflight(
             except (HydraException, OmegaConfBaseException) as e:
                 raise ConfigError(_one_line(str(e).splitlines()[0])) from None
             validate(cfg)
+
+
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./~+-]*")
+
+
+def _hydra_quote(value: str) -> str:
+    """``value`` as a single-quoted Hydra string: a backslash is literal unless it precedes a
+    quote, so quotes are escaped and the backslashes before a quote or the end are doubled."""
+    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
+    return f"'{value}'"
+
+
+def quote_path_arguments(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """``argv`` with the values of ``key=PATH`` arguments quoted for Hydra's override grammar.
+
+    Hydra parses every override's value, so a path holding its grammar's characters fails with a
+    parse error; the folders of a multirun sweep do (``5_loss={gamma:2.0,alpha:0.25},
+    train.seed=0``). A value of ``keys`` that is not already quoted and is more than letters,
+    digits and ``_./~+-`` is single-quoted.
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value[:1] not in ("'", '"') and not _PLAIN_PATH.fullmatch(value):
+            arg = f"{key}={_hydra_quote(value)}"
+        out.append(arg)
+    return out
 
 
 def exit_on_config_error(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

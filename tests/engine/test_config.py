@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from detector.engine.config import (
     ConfigError,
     preflight,
+    quote_path_arguments,
     validate_config,
     validate_evaluate,
     validate_infer,
@@ -179,3 +180,26 @@ def test_evaluate_and_infer_configs(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             preflight([*args, override], CONFIG_DIR, "infer", validate_infer)
         assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "runs/0_loss={gamma:2.0,alpha:0.25},train.seed=0/last.pt",
+        "it's here",
+        "a\\'b",
+        "end\\",
+        "x y",
+    ],
+)
+def test_paths_are_quoted_for_hydra(path: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    argv = [f"checkpoint={path}", "data.root=x", f"out={path}"]
+    quoted = quote_path_arguments(argv, ["checkpoint", "out"])
+    assert quoted[1] == "data.root=x"
+    parser = OverridesParser.create()
+    assert [parser.parse_override(arg).value() for arg in quoted] == [path, "x", path]
+    assert quote_path_arguments(["checkpoint=runs/a-1/last.pt"], ["checkpoint"]) == [
+        "checkpoint=runs/a-1/last.pt"
+    ]

@@ -92,8 +92,13 @@ def test_evaluate_matches_pycocotools(
 def test_evaluate_with_no_detections_scores_zero(
     run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
 ) -> None:
+    # A multirun sweep's folder name holds Hydra's grammar (= { } ,): the tool quotes the path.
+    sweep_dir = tmp_path / "5_loss={gamma:2.0,alpha:0.25},train.seed=0" / "checkpoints"
+    sweep_dir.mkdir(parents=True)
+    checkpoint = sweep_dir / "last.pt"
+    checkpoint.write_bytes(make_checkpoint(0.5).read_bytes())
     proc = run_tool(
-        "evaluate.py", f"checkpoint={make_checkpoint(0.5)}", *_data_args(tiny_data),
+        "evaluate.py", f"checkpoint={checkpoint}", *_data_args(tiny_data),
         f"hydra.run.dir={tmp_path}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
