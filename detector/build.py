@@ -13,13 +13,14 @@ from detector.postprocess import RetinaNetPostProcessor
 
 
 def build_from_checkpoint(
-    ckpt: dict[str, Any],
+    ckpt: dict[str, Any], postprocess_overrides: dict[str, Any] | None = None
 ) -> tuple[nn.Module, RetinaNetPostProcessor, list[dict[str, Any]]]:
     """``(model in eval mode with the checkpoint's weights, post-processor, classes)``.
 
     ``ckpt`` is a checkpoint dict (``load_checkpoint``): ``model_config`` and
     ``postprocess_config`` are Hydra ``_target_`` trees; without ``postprocess_config`` the
-    paper's inference settings are used.
+    paper's inference settings are used. ``postprocess_overrides`` (e.g. ``{"score_thresh":
+    0.01}``) replace the post-processor's settings of the same name.
     """
     try:
         model = hydra.utils.instantiate(ckpt["model_config"], _convert_="all")
@@ -32,11 +33,12 @@ def build_from_checkpoint(
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     model.eval()
+    overrides = dict(postprocess_overrides or {})
     config = ckpt.get("postprocess_config")
     if config:
-        postprocessor = hydra.utils.instantiate(config, _convert_="all")
+        postprocessor = hydra.utils.instantiate({**config, **overrides}, _convert_="all")
     else:
-        postprocessor = RetinaNetPostProcessor(BoxCoder())
+        postprocessor = RetinaNetPostProcessor(BoxCoder(), **overrides)
     classes = list(ckpt["classes"])
     if len(classes) != model.num_classes:
         raise CheckpointError(

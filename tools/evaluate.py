@@ -1,5 +1,8 @@
 """COCO evaluation of a checkpoint: ``python tools/evaluate.py checkpoint=PATH [data overrides]``.
 
+``postprocess.score_thresh=…`` (and ``topk_candidates``, ``nms_thresh``, ``detections_per_img``)
+replace the checkpoint's post-processing settings.
+
 Prints pycocotools' 12-number summary and the AP of each class, and writes ``metrics.json`` and
 ``predictions.json`` (COCO results) to the run directory. Works under ``torchrun`` (each process
 predicts a share of the images; rank 0 scores them).
@@ -41,7 +44,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     validate_evaluate(cfg)
     ctx = init_distributed(cfg.device)
     checkpoint = load_checkpoint(cfg.checkpoint)
-    model, postprocessor, classes = build_from_checkpoint(checkpoint)
+    overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
+    model, postprocessor, classes = build_from_checkpoint(checkpoint, overrides)
     model.to(ctx.device)
     prepare_data(cfg, ctx)
     dataset = build_dataset(cfg, "val")

@@ -268,6 +268,15 @@ def validate_evaluate(cfg: DictConfig) -> None:
     _existing_path(cfg, "checkpoint")
     validate_data(cfg, splits=("val",))
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    post = cfg.postprocess
+    for key in ("score_thresh", "nms_thresh"):
+        value = post[key]
+        _check(
+            value is None or 0 <= value <= 1, f"postprocess.{key} must be in [0, 1], got {value}"
+        )
+    for key in ("topk_candidates", "detections_per_img"):
+        value = post[key]
+        _check(value is None or value >= 1, f"postprocess.{key} must be >= 1, got {value}")
 
 
 def validate_infer(cfg: DictConfig) -> None:

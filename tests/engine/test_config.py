@@ -169,6 +169,15 @@ def test_evaluate_and_infer_configs(tmp_path: Path) -> None:
     preflight([f"checkpoint={checkpoint}"], CONFIG_DIR, "evaluate", validate_evaluate)
     with pytest.raises(ConfigError, match=r"^checkpoint is not set: pass checkpoint=PATH$"):
         preflight([], CONFIG_DIR, "evaluate", validate_evaluate)
+    for override, message in [
+        ("postprocess.score_thresh=1.5", "postprocess.score_thresh must be in [0, 1], got 1.5"),
+        ("postprocess.topk_candidates=0", "postprocess.topk_candidates must be >= 1, got 0"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            preflight(
+                [f"checkpoint={checkpoint}", override], CONFIG_DIR, "evaluate", validate_evaluate
+            )
+        assert str(info.value) == message
     args = [f"checkpoint={checkpoint}", f"input={tmp_path}", f"output={tmp_path}/out"]
     preflight(args, CONFIG_DIR, "infer", validate_infer)
     cases = [

@@ -108,3 +108,11 @@ def test_evaluate_with_no_detections_scores_zero(
     assert set(metrics["per_class_AP"].values()) <= {0.0, None}  # None: no ground truth
     assert 0.0 in metrics["per_class_AP"].values()
     assert json.loads((tmp_path / "predictions.json").read_text()) == []
+
+    # The checkpoint's threshold (0.5) replaced on the command line: the scores (~0.01) pass.
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={checkpoint}", *_data_args(tiny_data),
+        f"hydra.run.dir={tmp_path}", "postprocess.score_thresh=0.005",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_detections"] > 0
