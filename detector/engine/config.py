@@ -130,6 +130,14 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_fraction(value: Any, name: str) -> None:
+    """``value`` must be a number in [0, 1] (a threshold)."""
+    _check(
+        isinstance(value, (int, float)) and 0 <= value <= 1,
+        f"{name} must be in [0, 1], got {value}",
+    )
+
+
 def validate_train(cfg: DictConfig) -> TrainConfig:
     """Type- and range-check the ``train`` group."""
     train = _typed(TrainConfig, cfg.train, "train")
@@ -270,13 +278,14 @@ def validate_evaluate(cfg: DictConfig) -> None:
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     post = cfg.postprocess
     for key in ("score_thresh", "nms_thresh"):
-        value = post[key]
-        _check(
-            value is None or 0 <= value <= 1, f"postprocess.{key} must be in [0, 1], got {value}"
-        )
+        if post[key] is not None:
+            _check_fraction(post[key], f"postprocess.{key}")
     for key in ("topk_candidates", "detections_per_img"):
         value = post[key]
-        _check(value is None or value >= 1, f"postprocess.{key} must be >= 1, got {value}")
+        _check(
+            value is None or (isinstance(value, int) and value >= 1),
+            f"postprocess.{key} must be >= 1, got {value}",
+        )
 
 
 def validate_infer(cfg: DictConfig) -> None:
@@ -286,11 +295,7 @@ def validate_infer(cfg: DictConfig) -> None:
     _existing_path(cfg, "input", kind="any")
     if OmegaConf.is_missing(cfg, "output"):
         raise ConfigError("output is not set: pass output=DIR")
-    thresh = cfg.score_thresh
-    _check(
-        isinstance(thresh, (int, float)) and 0 <= thresh <= 1,
-        f"score_thresh must be in [0, 1], got {thresh}",
-    )
+    _check_fraction(cfg.score_thresh, "score_thresh")
 
 
 def _group_error(e: MissingConfigException) -> str:

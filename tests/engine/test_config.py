@@ -172,6 +172,11 @@ def test_evaluate_and_infer_configs(tmp_path: Path) -> None:
     for override, message in [
         ("postprocess.score_thresh=1.5", "postprocess.score_thresh must be in [0, 1], got 1.5"),
         ("postprocess.topk_candidates=0", "postprocess.topk_candidates must be >= 1, got 0"),
+        ("postprocess.nms_thresh=abc", "postprocess.nms_thresh must be in [0, 1], got abc"),
+        (
+            "postprocess.detections_per_img=2.5",
+            "postprocess.detections_per_img must be >= 1, got 2.5",
+        ),
     ]:
         with pytest.raises(ConfigError) as info:
             preflight(
