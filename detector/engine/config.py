@@ -262,7 +262,7 @@ def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
     return train, optim
 
 
-def _existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
+def existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
     if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
         raise ConfigError(f"{key} is not set: pass {key}=PATH")
     path = Path(str(cfg[key]))
@@ -273,7 +273,7 @@ def _existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
 
 def validate_evaluate(cfg: DictConfig) -> None:
     """``tools/evaluate.py``: an existing ``checkpoint`` and a usable ``data`` group."""
-    _existing_path(cfg, "checkpoint")
+    existing_path(cfg, "checkpoint")
     validate_data(cfg, splits=("val",))
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     post = cfg.postprocess
@@ -291,8 +291,8 @@ def validate_evaluate(cfg: DictConfig) -> None:
 def validate_infer(cfg: DictConfig) -> None:
     """``tools/infer.py``: an existing ``checkpoint`` and ``input``, an ``output`` folder, and a
     score threshold in [0, 1]."""
-    _existing_path(cfg, "checkpoint")
-    _existing_path(cfg, "input", kind="any")
+    existing_path(cfg, "checkpoint")
+    existing_path(cfg, "input", kind="any")
     if OmegaConf.is_missing(cfg, "output"):
         raise ConfigError("output is not set: pass output=DIR")
     _check_fraction(cfg.score_thresh, "score_thresh")
