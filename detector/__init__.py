@@ -8,17 +8,21 @@ from detector.build import build_from_checkpoint
 from detector.criterion import RetinaNetCriterion
 from detector.fpn import FPN
 from detector.head import RetinaNetHead
+from detector.labeling import BACKGROUND, IGNORE, AnchorLabeler
 from detector.matcher import Matcher
 from detector.postprocess import RetinaNetPostProcessor
 from detector.retinanet import IMAGENET_MEAN, IMAGENET_STD, DenseOutputs, RetinaNet
 from detector.torchvision_convert import convert_torchvision_state_dict
 
 __all__ = [
+    "BACKGROUND",
+    "IGNORE",
     "BBOX_XFORM_CLAMP",
     "FPN",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AnchorGenerator",
+    "AnchorLabeler",
     "BoxCoder",
     "DenseOutputs",
     "Matcher",

@@ -9,12 +9,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
 from detector.box_coder import BoxCoder
-from detector.matcher import Matcher
+from detector.labeling import AnchorLabeler
 from detector.retinanet import DenseOutputs
-from losses.labels import BACKGROUND, IGNORE
 
 INITIAL_NORMALIZER = 100.0
 """Starting value of the EMA normaliser (detectron2's ``loss_normalizer``)."""
@@ -29,16 +27,37 @@ def mean_over_processes(count: Tensor) -> Tensor:
     return count.clamp(min=1.0)
 
 
+def check_target_classes(targets: Sequence[dict], num_classes: int) -> None:
+    """Reject target classes outside ``0..K-1`` without waiting on an accelerator.
+
+    On CPU a ``ValueError`` names the image; on a GPU the check is an asynchronous device-side
+    assertion (``torch._assert_async``), so the training step does not synchronise for it.
+    """
+    for target in targets:
+        labels = target["labels"]
+        if labels.numel() == 0:
+            continue
+        if labels.device.type != "cpu":
+            valid = (labels.min() >= 0) & (labels.max() < num_classes)
+            torch._assert_async(valid, f"target classes must be in 0..{num_classes - 1}")
+        elif int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(
+                f"image {target.get('image_id', '?')}: target classes must be in "
+                f"0..{num_classes - 1} (K = {num_classes}), got {labels.tolist()}"
+            )
+
+
 class RetinaNetCriterion(nn.Module):
     """Named losses ``{"loss_cls", "loss_box"}`` for ``DenseOutputs`` and per-image targets.
 
     Args:
         box_coder: encodes regression targets (smooth L1) or decodes predictions (GIoU).
-        matcher: assigns anchors to boxes by IoU.
-        cls_loss: ``forward(logits (M, K), labels (M,)) -> sum`` over integer labels with
-            ``BACKGROUND``/``IGNORE`` (``losses.FocalLoss``; CE is ``FocalLoss(gamma=0)``).
+        labeler: labels the anchors of each image (matcher + crowd regions).
+        cls_loss: ``forward(logits (M, K), labels (M,), validate_labels: bool) -> sum`` over
+            integer labels with ``BACKGROUND``/``IGNORE`` (``losses.FocalLoss``; CE is
+            ``FocalLoss(gamma=0)``), computing in float32 whatever the logits' dtype.
         box_loss: ``forward(pred_deltas (P, 4), anchors (P, 4), gt_boxes (P, 4), box_coder) -> sum``
-            (``losses.SmoothL1BoxLoss`` or ``losses.GIoUBoxLoss``).
+            (``losses.SmoothL1BoxLoss`` or ``losses.GIoUBoxLoss``), also in float32.
         normalizer_momentum: ``None`` normalises by this batch's positive count; a value in
             [0, 1) by an exponential moving average of it (detectron2), which is steadier when a
             batch holds few boxes.
@@ -47,14 +66,20 @@ class RetinaNetCriterion(nn.Module):
     box (§3.3: "normalized by the number of anchors assigned to a ground-truth box", since the
     easy negatives contribute little). The count is taken over the whole batch and averaged over
     processes, so every image and every process weighs each positive anchor the same; it is
-    clamped to at least 1. Labelling runs under ``no_grad`` and has no data-dependent shapes; the
-    only device sync is the gather of positive anchors for the box loss.
+    clamped to at least 1.
+
+    The head's outputs are taken in their own dtype (bf16 under autocast): the losses cast chunk
+    by chunk, so no float32 copy of the (N, R, K) logits is made. Labelling has no
+    data-dependent shapes, and the labels need no range check in the loss (``validate_labels=
+    False``): the labeler emits only target classes, ``BACKGROUND`` and ``IGNORE``, and the
+    target classes are checked against K without a host read on GPUs. The only device sync of
+    the step is the gather of positive anchors for the box loss.
     """
 
     def __init__(
         self,
         box_coder: BoxCoder,
-        matcher: Matcher,
+        labeler: AnchorLabeler,
         cls_loss: nn.Module,
         box_loss: nn.Module,
         normalizer_momentum: float | None = None,
@@ -66,68 +91,39 @@ class RetinaNetCriterion(nn.Module):
                 f"got {normalizer_momentum}"
             )
         self.box_coder = box_coder
-        self.matcher = matcher
+        self.labeler = labeler
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.normalizer_momentum = normalizer_momentum
         self.register_buffer("loss_normalizer", torch.tensor(INITIAL_NORMALIZER))
 
-    @torch.no_grad()
-    def label_anchors(self, anchors: Tensor, target: dict) -> tuple[Tensor, Tensor]:
-        """Labels (R,) int64 (class, ``BACKGROUND`` or ``IGNORE``) and matched boxes (R, 4).
-
-        Crowd boxes never match; anchors overlapping one with IoU ≥ the matcher's background
-        threshold that are not foreground are ``IGNORE``. An image without boxes is all
-        background.
-        """
-        boxes = target["boxes"].to(anchors.device, torch.float32)
-        labels = target["labels"].to(anchors.device)
-        num_anchors = anchors.shape[0]
-        if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
-            raise ValueError(
-                f"RetinaNetCriterion: image {target.get('image_id', '?')}: boxes must be (M, 4) "
-                f"and labels (M,), got {tuple(boxes.shape)} and {tuple(labels.shape)}"
-            )
-        if boxes.shape[0] == 0:
-            return (
-                torch.full((num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device),
-                torch.zeros_like(anchors),
-            )
-        crowd = target.get("iscrowd")
-        crowd = (
-            torch.zeros_like(labels, dtype=torch.bool)
-            if crowd is None
-            else crowd.to(anchors.device, torch.bool)
-        )
-        iou = box_iou(boxes, anchors)
-        matched = self.matcher(iou.masked_fill(crowd[:, None], -1.0))
-        index = matched.clamp(min=0)
-        anchor_labels = torch.where(matched >= 0, labels[index], matched)
-        crowd_iou = iou.masked_fill(~crowd[:, None], 0.0).amax(dim=0)
-        on_crowd = (crowd_iou >= self.matcher.bg_iou_thresh) & (matched < 0)
-        anchor_labels = torch.where(on_crowd, IGNORE, anchor_labels)
-        return anchor_labels, boxes[index]
-
     def label_batch(self, outputs: DenseOutputs, targets: Sequence[dict]) -> tuple[Tensor, Tensor]:
-        """Labels (N, R) int64 and matched boxes (N, R, 4): ``label_anchors`` of every image."""
-        if len(targets) != outputs.cls_logits.shape[0]:
+        """Labels (N, R) int64 and matched boxes (N, R, 4) of ``targets``, one per image."""
+        num_images, _, num_classes = outputs.cls_logits.shape
+        if len(targets) != num_images:
             raise ValueError(
-                f"{type(self).__name__}: {len(targets)} targets for "
-                f"{outputs.cls_logits.shape[0]} images"
+                f"{type(self).__name__}: {len(targets)} targets for {num_images} images"
             )
-        labelled = [self.label_anchors(outputs.anchors, t) for t in targets]
-        labels = torch.stack([lab for lab, _ in labelled])
-        matched_boxes = torch.stack([b for _, b in labelled])
-        return labels, matched_boxes
+        check_target_classes(targets, num_classes)
+        return self.labeler.label_batch(outputs.anchors, targets)
 
     def box_loss_sum(self, outputs: DenseOutputs, labels: Tensor, matched_boxes: Tensor) -> Tensor:
         """The box loss summed over the positive anchors of ``labels`` (N, R), not normalised."""
         positive = labels >= 0
         return self.box_loss(
-            outputs.box_deltas[positive].float(),
+            outputs.box_deltas[positive],
             outputs.anchors.expand_as(matched_boxes)[positive],
             matched_boxes[positive],
             self.box_coder,
+        )
+
+    def cls_loss_sum(self, outputs: DenseOutputs, labels: Tensor) -> Tensor:
+        """The classification loss summed over the anchors of ``labels`` (N, R) that are not
+        ``IGNORE``, not normalised."""
+        num_classes = outputs.cls_logits.shape[-1]
+        # IGNORE anchors are passed along and contribute exactly nothing, which spares a gather.
+        return self.cls_loss(
+            outputs.cls_logits.reshape(-1, num_classes), labels.reshape(-1), validate_labels=False
         )
 
     def _normalizer(self, num_pos: Tensor) -> Tensor:
@@ -144,11 +140,6 @@ class RetinaNetCriterion(nn.Module):
         """``{"loss_cls": scalar, "loss_box": scalar}``, each a sum divided by the normaliser."""
         labels, matched_boxes = self.label_batch(outputs, targets)
         normalizer = self._normalizer((labels >= 0).sum().float())
-
-        num_classes = outputs.cls_logits.shape[-1]
-        # IGNORE anchors are passed along and contribute exactly nothing, which spares a gather.
-        loss_cls = self.cls_loss(
-            outputs.cls_logits.reshape(-1, num_classes).float(), labels.reshape(-1)
-        )
+        loss_cls = self.cls_loss_sum(outputs, labels)
         loss_box = self.box_loss_sum(outputs, labels, matched_boxes)
         return {"loss_cls": loss_cls / normalizer, "loss_box": loss_box / normalizer}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losses.labels import BACKGROUND, IGNORE
+from detector.labeling import BACKGROUND, IGNORE
 
 
 class Matcher:

@@ -2,7 +2,7 @@
 
 import torch
 
-from losses.labels import BACKGROUND, IGNORE
+from detector.labeling import BACKGROUND, IGNORE
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -42,16 +42,16 @@ def check_floating(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def check_boxes(t: torch.Tensor, name: str) -> None:
+def check_box_shape(t: torch.Tensor, name: str) -> None:
     """Reject a box tensor that is not ``(P, 4)``."""
     if t.dim() != 2 or t.shape[1] != 4:
         raise ValueError(f"{name} must have shape (P, 4), got {tuple(t.shape)}")
 
 
-def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Reject labels that are not ``(M,)`` integers in ``0..K-1``, ``BACKGROUND`` or ``IGNORE``.
+def check_label_shape(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Reject logits that are not ``(M, K)`` with K >= 1 and labels that are not ``(M,)`` integers.
 
-    Reads back one min/max pair, the only host synchronisation of the integer-label losses.
+    Reads only shapes and dtypes, never the values: no host synchronisation.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (M, K), got {tuple(logits.shape)}")
@@ -64,9 +64,16 @@ def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         )
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+
+
+def check_label_values(labels: torch.Tensor, num_classes: int) -> None:
+    """Reject labels other than ``0..K-1``, ``BACKGROUND`` and ``IGNORE``.
+
+    Reads back one min/max pair: a host synchronisation, which callers whose labels are valid by
+    construction (the criterion, whose labels come from ``AnchorLabeler``) skip.
+    """
     if labels.numel() == 0:
         return
-    num_classes = logits.shape[1]
     # The sentinels are the two integers just below 0, so a range check covers every case.
     low, high = (int(v) for v in torch.aminmax(labels))
     if low < min(BACKGROUND, IGNORE) or high >= num_classes:

@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from losses._args import check_floating, check_labels, check_reduction
-from losses.labels import IGNORE
+from detector.labeling import IGNORE
+from losses._args import (
+    check_floating,
+    check_label_shape,
+    check_label_values,
+    check_reduction,
+)
 
 CPU_CHUNK_NUMEL = 1 << 19
 """Elements per chunk on CPU (2 MiB of float32). On a quiet machine 2^17 to 2^20 run at the same
@@ -174,6 +179,7 @@ def label_loss(
     w_pos: float,
     w_neg: float,
     reduction: str,
+    validate_labels: bool = True,
 ) -> torch.Tensor:
     """Validate and evaluate a symmetric binary-target loss from integer labels.
 
@@ -186,13 +192,17 @@ def label_loss(
             ``"sum"`` a scalar; ``"mean"`` the sum over the ``M_kept × K`` elements of rows that
             are not IGNORE (NaN if there are none, as ``torch.mean`` of nothing). Reduced values
             are float32 (float64 for float64 logits) whatever the logits' dtype.
+        validate_labels: check the label values (one host synchronisation); ``False`` only for
+            labels valid by construction. Shapes and dtypes are always checked.
 
     Returns:
         The loss, differentiable with respect to ``logits``.
     """
     check_reduction(reduction)
     check_floating(logits, "logits")
-    check_labels(logits, labels)
+    check_label_shape(logits, labels)
+    if validate_labels:
+        check_label_values(labels, logits.shape[1])
     labels = labels.to(device=logits.device, dtype=torch.int64)
     with torch.autocast(logits.device.type, enabled=False):
         return _LabelLossFunction.apply(logits, labels, branch, w_pos, w_neg, reduction)

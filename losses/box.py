@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from losses._args import check_boxes, check_floating, check_reduction, check_same_shape
+from losses._args import check_box_shape, check_floating, check_reduction, check_same_shape
 
 
 class BoxCoderLike(Protocol):
@@ -60,8 +60,8 @@ def giou_loss(
         reduction: ``"none"`` (``(P,)``), ``"sum"`` or ``"mean"``.
     """
     check_reduction(reduction)
-    check_boxes(pred_boxes, "pred_boxes")
-    check_boxes(gt_boxes, "gt_boxes")
+    check_box_shape(pred_boxes, "pred_boxes")
+    check_box_shape(gt_boxes, "gt_boxes")
     check_same_shape(pred_boxes, gt_boxes, ("pred_boxes", "gt_boxes"))
     if pred_boxes.shape[0] == 0 and reduction == "sum":
         # torchvision sums an empty tensor correctly but keeps no graph to the input.
@@ -76,7 +76,7 @@ def _check_box_loss_inputs(
     pred_deltas: torch.Tensor, anchors: torch.Tensor, gt_boxes: torch.Tensor
 ) -> None:
     """The box losses' inputs: ``(P, 4)`` deltas, anchors and boxes of one shape."""
-    check_boxes(pred_deltas, "pred_deltas")
+    check_box_shape(pred_deltas, "pred_deltas")
     check_same_shape(anchors, pred_deltas, ("anchors", "pred_deltas"))
     check_same_shape(gt_boxes, pred_deltas, ("gt_boxes", "pred_deltas"))
 

@@ -200,6 +200,7 @@ def sigmoid_focal_loss_labels(
     alpha: float | None = 0.25,
     gamma: float = 2.0,
     reduction: str = "sum",
+    validate_labels: bool = True,
 ) -> torch.Tensor:
     """Eq. 5 from integer labels per anchor, equal to the one-hot form without building it.
 
@@ -212,6 +213,9 @@ def sigmoid_focal_loss_labels(
         reduction: ``"sum"`` (scalar), ``"mean"`` (over the elements of rows that are not
             IGNORE) or ``"none"`` (``(M, K)``, IGNORE rows 0). Reduced values are float32
             (float64 for float64 logits).
+        validate_labels: reject label values outside ``0..K-1``, BACKGROUND and IGNORE with a
+            ``ValueError`` (reads one min/max pair back to the host); the criterion switches it
+            off because its labels are valid by construction.
 
     Returns:
         The loss, differentiable with respect to ``logits``.
@@ -219,7 +223,8 @@ def sigmoid_focal_loss_labels(
     check_alpha(alpha)
     check_gamma(gamma)
     w_pos, w_neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
-    return label_loss(logits, labels, FocalNegativeBranch(float(gamma)), w_pos, w_neg, reduction)
+    branch = FocalNegativeBranch(float(gamma))
+    return label_loss(logits, labels, branch, w_pos, w_neg, reduction, validate_labels)
 
 
 class FocalLoss(nn.Module):
@@ -240,9 +245,14 @@ class FocalLoss(nn.Module):
         self.alpha = alpha
         self.gamma = gamma
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``logits (M, K)``, ``labels (M,)`` → scalar sum (the criterion normalises it)."""
-        return sigmoid_focal_loss_labels(logits, labels, self.alpha, self.gamma, reduction="sum")
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, validate_labels: bool = True
+    ) -> torch.Tensor:
+        """``logits (M, K)``, ``labels (M,)`` → scalar sum (the criterion normalises it);
+        ``validate_labels`` as in :func:`sigmoid_focal_loss_labels`."""
+        return sigmoid_focal_loss_labels(
+            logits, labels, self.alpha, self.gamma, "sum", validate_labels
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}"

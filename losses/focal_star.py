@@ -84,6 +84,7 @@ def focal_loss_star_labels(
     beta: float = 1.0,
     alpha: float | None = None,
     reduction: str = "sum",
+    validate_labels: bool = True,
 ) -> torch.Tensor:
     """FL* (Appendix A) from integer labels per anchor, without one-hot targets.
 
@@ -95,6 +96,9 @@ def focal_loss_star_labels(
         alpha: optional α-balancing as in eq. 3; ``None`` for none.
         reduction: ``"sum"``, ``"mean"`` (over elements of rows that are not IGNORE) or
             ``"none"`` (``(M, K)``, IGNORE rows 0).
+        validate_labels: reject label values outside ``0..K-1``, BACKGROUND and IGNORE with a
+            ``ValueError`` (reads one min/max pair back to the host); the criterion switches it
+            off because its labels are valid by construction.
 
     Returns:
         The loss, differentiable with respect to ``logits``.
@@ -103,7 +107,7 @@ def focal_loss_star_labels(
     check_alpha(alpha)
     w_pos, w_neg = (1.0, 1.0) if alpha is None else (alpha, 1.0 - alpha)
     branch = FocalStarNegativeBranch(float(gamma), float(beta))
-    return label_loss(logits, labels, branch, w_pos, w_neg, reduction)
+    return label_loss(logits, labels, branch, w_pos, w_neg, reduction, validate_labels)
 
 
 class FocalLossStar(nn.Module):
@@ -120,9 +124,14 @@ class FocalLossStar(nn.Module):
         self.gamma = gamma
         self.beta = beta
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``logits (M, K)``, ``labels (M,)`` → scalar sum (the criterion normalises it)."""
-        return focal_loss_star_labels(logits, labels, self.gamma, self.beta, reduction="sum")
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, validate_labels: bool = True
+    ) -> torch.Tensor:
+        """``logits (M, K)``, ``labels (M,)`` → scalar sum (the criterion normalises it);
+        ``validate_labels`` as in :func:`focal_loss_star_labels`."""
+        return focal_loss_star_labels(
+            logits, labels, self.gamma, self.beta, None, "sum", validate_labels
+        )
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, beta={self.beta}"

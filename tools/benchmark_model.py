@@ -61,6 +61,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detector import (
     FPN,
     AnchorGenerator,
+    AnchorLabeler,
     BoxCoder,
     Matcher,
     ResNetBackbone,
@@ -119,7 +120,7 @@ def build_focaldet(
     head = RetinaNetHead(FPN_CHANNELS, num_anchors=9, num_classes=num_classes)
     model = RetinaNet(backbone, fpn, head, AnchorGenerator(torchvision_anchor_sizes()))
     criterion = RetinaNetCriterion(
-        BoxCoder(), Matcher(), FocalLoss(0.25, 2.0), SmoothL1BoxLoss(0.0)
+        BoxCoder(), AnchorLabeler(Matcher()), FocalLoss(0.25, 2.0), SmoothL1BoxLoss(0.0)
     )
     return model, criterion, RetinaNetPostProcessor(BoxCoder())
 

@@ -3,7 +3,7 @@
 Runs a trained model over the validation images, labels its anchors with the matcher of the
 checkpoint's training config (the paper's default without one), and plots the normalised
 cumulative focal loss of positive and of negative anchors for γ ∈ {0, .5, 1, 2}
-(``detector/loss_cdf.py``). Prints each curve's count and the loss share of its hardest 20%.
+(``detector/paper/loss_cdf.py``). Prints each curve's count and the loss share of its hardest 20%.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import sys
 from pathlib import Path
 
 import hydra
-import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
 from data.loader import build_test_loader
 from data.synthetic import ensure_synthetic
 from data.validate import DatasetError
-from detector import BoxCoder, Matcher, RetinaNetCriterion, build_from_checkpoint
+from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.config import (
     ConfigError,
+    existing_path,
     exit_on_config_error,
     preflight,
     quote_path_arguments,
@@ -29,18 +29,14 @@ from detector.engine.config import (
 )
 from detector.engine.distributed import resolve_device
 from detector.engine.training import build_dataset
-from detector.loss_cdf import collect, plot, summary
-from losses import FocalLoss, SmoothL1BoxLoss
+from detector.paper.loss_cdf import collect, labeler_from_config, plot, summary
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def validate(cfg: DictConfig) -> None:
     """An existing checkpoint, a usable ``data.val``, non-negative γs and a PNG path."""
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ConfigError("checkpoint is not set: pass checkpoint=PATH")
-    if not Path(str(cfg.checkpoint)).is_file():
-        raise ConfigError(f"checkpoint: {cfg.checkpoint} does not exist")
+    existing_path(cfg, "checkpoint")
     validate_data(cfg, splits=("val",))
     if not cfg.gammas or any(not isinstance(g, (int, float)) or g < 0 for g in cfg.gammas):
         raise ConfigError(f"gammas must be a non-empty list of numbers >= 0, got {cfg.gammas}")
@@ -48,13 +44,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"out must be a .png file, got {cfg.out}")
     if cfg.max_images is not None and cfg.max_images < 1:
         raise ConfigError(f"max_images must be >= 1 or null, got {cfg.max_images}")
-
-
-def labelling_criterion(checkpoint: dict) -> RetinaNetCriterion:
-    """A criterion whose ``label_anchors`` uses the training run's matcher."""
-    matcher_node = checkpoint.get("config", {}).get("criterion", {}).get("matcher")
-    matcher = Matcher() if matcher_node is None else hydra.utils.instantiate(matcher_node)
-    return RetinaNetCriterion(BoxCoder(), matcher, FocalLoss(), SmoothL1BoxLoss())
 
 
 def run(cfg: DictConfig) -> Path:
@@ -71,8 +60,8 @@ def run(cfg: DictConfig) -> Path:
         dataset, cfg.data.val.get("batch_size", 1), num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
-    criterion = labelling_criterion(checkpoint).to(device)
-    samples = collect(model, criterion, loader, device, list(cfg.gammas), cfg.max_images)
+    labeler = labeler_from_config(checkpoint.get("config", {}))
+    samples = collect(model, labeler, loader, device, list(cfg.gammas), cfg.max_images)
     path = plot(samples, cfg.out)
     print(f"{cfg.checkpoint} on {cfg.data.val.ann_file}:\n{summary(samples)}\nwrote {path}")
     return path

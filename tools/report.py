@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from detector.reporting import ReportError, write_report
+from detector.paper.report import ReportError, write_report
 
 USAGE = "usage: python tools/report.py RUNS_DIR [out=DIR]"
 

@@ -5,29 +5,33 @@ The paper applies a model trained with γ = 2 to many images, computes the focal
 positive and every negative sample for γ ∈ {0, .5, 1, 2} (γ varies in the loss only, the model is
 fixed), normalises each group's loss to sum to one, sorts it from low to high and plots the
 cumulative sum against the fraction of samples. α is constant within each group, so it cancels in
-the normalisation and is left out. A sample here is an anchor (labelled by the criterion's
-matcher) and its loss is the sum over the K binary classifiers, as the criterion sums it;
+the normalisation and is left out. A sample here is an anchor (labelled by the training run's
+``AnchorLabeler``) and its loss is the sum over the K binary classifiers, as the criterion sums it;
 ``IGNORE`` anchors are left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from detector.criterion import RetinaNetCriterion
+from detector.labeling import BACKGROUND, AnchorLabeler
+from detector.matcher import Matcher
 from detector.retinanet import DenseOutputs
 from losses.focal import sigmoid_focal_loss_labels
-from losses.labels import BACKGROUND
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 """The γ values of Figure 4."""
 
 GROUPS = ("positive", "negative")
+
+MATCHER_SETTINGS = ("fg_iou_thresh", "bg_iou_thresh", "allow_low_quality_matches")
+"""The ``Matcher`` arguments read from a training config."""
 
 PLOT_POINTS = 2000
 """Points drawn per curve (evenly spaced along the sorted samples)."""
@@ -52,7 +56,7 @@ class LossSamples:
 def anchor_losses(logits: Tensor, labels: Tensor, gamma: float) -> Tensor:
     """Focal loss without α of each anchor, summed over classes: ``(M,)`` from ``(M, K)``, ``(M,)``.
 
-    float32 (float64 for float64 logits) whatever the logits' dtype, as ``losses`` computes.
+    In the logits' dtype (``reduction="none"``); the model runs without autocast here.
     """
     per_element = sigmoid_focal_loss_labels(
         logits, labels, alpha=None, gamma=gamma, reduction="none"
@@ -60,16 +64,28 @@ def anchor_losses(logits: Tensor, labels: Tensor, gamma: float) -> Tensor:
     return per_element.sum(dim=1)
 
 
+def labeler_from_config(config: Mapping[str, Any]) -> AnchorLabeler:
+    """The labeler of a training run from its resolved config (a checkpoint's ``config``).
+
+    Only the matcher's settings are read (``criterion.labeler.matcher``, or
+    ``criterion.matcher`` in configs written before the labeler existed); no ``_target_`` from
+    the file is built. Without either node the paper's matcher (0.5 / 0.4) is used.
+    """
+    criterion = config.get("criterion") or {}
+    node = (criterion.get("labeler") or {}).get("matcher") or criterion.get("matcher") or {}
+    return AnchorLabeler(Matcher(**{k: node[k] for k in MATCHER_SETTINGS if k in node}))
+
+
 @torch.no_grad()
 def add_batch(
     samples: LossSamples,
     outputs: DenseOutputs,
     targets: Sequence[dict],
-    criterion: RetinaNetCriterion,
+    labeler: AnchorLabeler,
 ) -> None:
-    """Label one batch's anchors with ``criterion.label_anchors`` and record their losses."""
+    """Label one batch's anchors with ``labeler`` and record their losses."""
     for logits, target in zip(outputs.cls_logits, targets, strict=True):
-        labels = criterion.label_anchors(outputs.anchors, target)[0]
+        labels = labeler(outputs.anchors, target)[0]
         masks = {"positive": labels >= 0, "negative": labels == BACKGROUND}
         for gamma in samples.gammas:
             losses = anchor_losses(logits, labels, gamma)
@@ -80,7 +96,7 @@ def add_batch(
 @torch.no_grad()
 def collect(
     model: nn.Module,
-    criterion: RetinaNetCriterion,
+    labeler: AnchorLabeler,
     loader: Iterable,
     device: torch.device,
     gammas: Sequence[float] = GAMMAS,
@@ -102,7 +118,7 @@ def collect(
         device_targets = [
             {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
         ]
-        add_batch(samples, outputs, device_targets, criterion)
+        add_batch(samples, outputs, device_targets, labeler)
         seen += len(targets)
     return samples
 

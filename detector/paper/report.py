@@ -1,16 +1,14 @@
 """Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A) from training runs.
 
-A run is a directory holding the resolved ``config.yaml`` that ``tools/train.py`` writes and, once
-it has finished, its ``metrics.json`` (COCO AP ×100). Runs are filed under the table their config
-names (``experiment.name``, set by ``configs/experiment/*.yaml``), grouped into rows by their
-setting, and averaged over seeds: each cell is the mean ± the sample standard deviation (n − 1)
-over the runs that finished. A run whose ``metrics.json`` says ``"diverged": true`` or is missing
-is counted in the row's ``runs`` column and left out of the mean.
+Runs (``detector.paper.runs``) are filed under the table their config names (``experiment.name``,
+set by ``configs/experiment/*.yaml``), grouped into rows by their setting, and averaged over
+seeds: each cell is the mean ± the sample standard deviation (n − 1) over the runs that finished.
+A run whose ``metrics.json`` says ``"diverged": true`` or is missing is counted in the row's
+``runs`` column and left out of the mean.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -18,12 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from detector.anchors import DEFAULT_SCALES
-
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-"""The metrics of ``metrics.json`` a report reads (COCO AP on a 0–100 scale)."""
+from detector.paper.runs import ReportError, Run, find_runs
 
 PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0.99: 28.7,
                     0.999: 25.1}  # fmt: skip
@@ -34,98 +27,6 @@ PAPER_AP_TABLE1B = {(0.0, 0.75): 31.1, (0.1, 0.75): 31.4, (0.2, 0.75): 31.9, (0.
 """Table 1b of Lin et al. (2017): AP of FL by (γ, α)."""
 
 
-class ReportError(ValueError):
-    """A run folder cannot be read (the message names the file and the problem)."""
-
-
-@dataclass
-class Run:
-    """One training run: its setting (flat, from the resolved config) and its outcome."""
-
-    path: Path
-    params: dict[str, Any]
-    """``table``, ``seed``, ``loss``, ``alpha``, ``gamma``, ``beta``, ``criterion``,
-    ``ohem_batch``, ``ohem_nms``, ``ohem_fg_fraction``, ``num_scales``, ``num_ratios``,
-    ``prior_prob`` (``None`` where the setting does not apply)."""
-    metrics: dict[str, float] | None
-    """``METRICS`` of a finished run; ``None`` if it diverged or has no ``metrics.json``."""
-    status: str
-    """``"finished"``, ``"diverged"`` or ``"missing"``."""
-
-
-def _short(target: str) -> str:
-    return target.rsplit(".", 1)[-1]
-
-
-def run_params(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The flat setting of a run from its resolved config (``config.yaml`` as a dict)."""
-    loss = cfg["criterion"]["cls_loss"]
-    criterion = cfg["criterion"]
-    anchors = cfg["model"]["anchor_generator"]
-    return {
-        "table": cfg.get("experiment", {}).get("name"),
-        "seed": cfg["train"]["seed"],
-        "loss": _short(loss["_target_"]),
-        "alpha": loss.get("alpha"),
-        "gamma": loss.get("gamma"),
-        "beta": loss.get("beta"),
-        "criterion": _short(criterion["_target_"]),
-        "ohem_batch": criterion.get("batch_size_per_image"),
-        "ohem_nms": criterion.get("nms_thresh"),
-        "ohem_fg_fraction": criterion.get("fg_fraction"),
-        "num_scales": len(anchors.get("scales", DEFAULT_SCALES)),
-        "num_ratios": len(anchors["ratios"]),
-        "prior_prob": cfg["model"]["head"].get("prior_prob"),
-        "data": _dataset(cfg),
-        "max_iter": cfg["train"].get("max_iter"),
-    }
-
-
-def _dataset(cfg: dict[str, Any]) -> str | None:
-    """The run's dataset: ``data.root``, else the validation annotation file, else None."""
-    data = cfg.get("data") or {}
-    return data.get("root") or (data.get("val") or {}).get("ann_file")
-
-
-def load_run(run_dir: Path) -> Run:
-    """Read ``run_dir/config.yaml`` and, if present, ``run_dir/metrics.json``."""
-    config_path = run_dir / "config.yaml"
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-        params = run_params(cfg)  # type: ignore[arg-type]
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ReportError(f"{config_path}: not a training config ({e!r} is missing)") from None
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        return Run(run_dir, params, None, "missing")
-    try:
-        raw = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{metrics_path}: invalid JSON ({e})") from None
-    if raw.get("diverged"):
-        return Run(run_dir, params, None, "diverged")
-    absent = [m for m in METRICS if not isinstance(raw.get(m), (int, float))]
-    if absent:
-        raise ReportError(f"{metrics_path}: no numeric {', '.join(absent)}")
-    return Run(run_dir, params, {m: float(raw[m]) for m in METRICS}, "finished")
-
-
-def find_runs(runs_dir: str | Path) -> list[Run]:
-    """Every run under ``runs_dir`` (any depth) whose config names an experiment, by path.
-
-    Hydra's own unresolved copy (``.hydra/config.yaml``) is not a run.
-    """
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise ReportError(f"{runs_dir}: no such directory")
-    runs = [
-        load_run(path.parent)
-        for path in sorted(runs_dir.rglob("config.yaml"))
-        if ".hydra" not in path.parent.parts
-    ]
-    return [r for r in runs if r.params["table"] is not None]
-
-
 def _num(value: Any) -> str:
     if value is None:
         return "none"
@@ -133,14 +34,14 @@ def _num(value: Any) -> str:
 
 
 def _loss_name(p: dict[str, Any]) -> str:
-    if p["loss"] == "FocalLossStar":
+    if p["fl_star"]:
         return f"FL* γ={_num(p['gamma'])} β={_num(p['beta'])}"
     name = "CE" if not p["gamma"] else f"FL γ={_num(p['gamma'])}"
     return f"{name} α={_num(p['alpha'])}"
 
 
 def _method(p: dict[str, Any]) -> str:
-    if p["criterion"] != "OHEMCriterion":
+    if not p["ohem"]:
         return "FL" if p["gamma"] else "CE"
     f = p["ohem_fg_fraction"]
     return "OHEM" if f is None else f"OHEM 1:{(1 - f) / f:g}"
@@ -164,10 +65,6 @@ class TableSpec:
     plot: tuple[str, str] | None = None
     """``(file name, x-axis label)``: an AP plot over the rows, in row order."""
     notes: str = ""
-
-
-def _is_ohem(p: dict[str, Any]) -> bool:
-    return p["criterion"] == "OHEMCriterion"
 
 
 TABLES: tuple[TableSpec, ...] = (
@@ -198,11 +95,11 @@ TABLES: tuple[TableSpec, ...] = (
         "Table 1d: OHEM with CE against FL",
         (
             ("method", _method),
-            ("batch size", lambda p: _num(p["ohem_batch"]) if _is_ohem(p) else "n/a"),
-            ("nms thr", lambda p: _num(p["ohem_nms"]) if _is_ohem(p) else "n/a"),
+            ("batch size", lambda p: _num(p["ohem_batch"]) if p["ohem"] else "n/a"),
+            ("nms thr", lambda p: _num(p["ohem_nms"]) if p["ohem"] else "n/a"),
         ),
         order=lambda p: (
-            not _is_ohem(p),
+            not p["ohem"],
             p["ohem_fg_fraction"] is not None,
             -(p["ohem_nms"] or 0.0),
             p["ohem_batch"] or 0,

@@ -5,15 +5,18 @@ from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
-from detector import BoxCoder, DenseOutputs, Matcher, RetinaNetCriterion
+import losses._chunked
+from detector import AnchorLabeler, BoxCoder, DenseOutputs, Matcher, RetinaNetCriterion
+from detector.labeling import BACKGROUND, IGNORE
 from losses import FocalLoss, GIoUBoxLoss, SmoothL1BoxLoss
-from losses.labels import BACKGROUND, IGNORE
 
 K = 3
 
 
 def make_criterion(**kw) -> RetinaNetCriterion:
-    return RetinaNetCriterion(BoxCoder(), Matcher(), FocalLoss(), SmoothL1BoxLoss(beta=0.1), **kw)
+    return RetinaNetCriterion(
+        BoxCoder(), AnchorLabeler(Matcher()), FocalLoss(), SmoothL1BoxLoss(beta=0.1), **kw
+    )
 
 
 def make_outputs(anchors: torch.Tensor, n: int, seed: int = 0) -> DenseOutputs:
@@ -86,7 +89,7 @@ def test_image_without_boxes():
     outputs = make_outputs(anchors, 1)
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
     for box_loss in (SmoothL1BoxLoss(beta=0.1), GIoUBoxLoss()):
-        criterion = RetinaNetCriterion(BoxCoder(), Matcher(), FocalLoss(), box_loss)
+        criterion = RetinaNetCriterion(BoxCoder(), AnchorLabeler(Matcher()), FocalLoss(), box_loss)
         losses = criterion(outputs, empty)
         assert losses["loss_box"].item() == 0.0
         assert losses["loss_cls"].item() > 0
@@ -95,7 +98,7 @@ def test_image_without_boxes():
             outputs.cls_logits[0], torch.zeros(len(anchors), K), reduction="sum"
         )
         torch.testing.assert_close(losses["loss_cls"], ref)
-        labels, _ = criterion.label_anchors(anchors, empty[0])
+        labels, _ = criterion.labeler(anchors, empty[0])
         assert (labels == BACKGROUND).all()
 
 
@@ -115,7 +118,7 @@ def test_lone_image_equals_image_in_batch():
             outputs.image_sizes[i : i + 1],
         )
         losses = criterion(alone, TARGETS[i : i + 1])
-        pos = int((criterion.label_anchors(anchors, TARGETS[i])[0] >= 0).sum())
+        pos = int((criterion.labeler(anchors, TARGETS[i])[0] >= 0).sum())
         total_pos += pos
         for key in parts:
             parts[key] = parts[key] + losses[key] * pos
@@ -139,12 +142,12 @@ def test_crowd_box_is_an_ignore_region():
         "iscrowd": torch.tensor([False, True]),
     }
     criterion = make_criterion()
-    labels, matched = criterion.label_anchors(anchors, target)
+    labels, matched = criterion.labeler(anchors, target)
     assert labels.tolist() == [1, IGNORE, IGNORE, BACKGROUND, BACKGROUND]
     torch.testing.assert_close(matched[0], target["boxes"][0])
     # Crowd-only image: no positives (the crowd box claims no low-quality match).
     crowd_only = {k: v[1:] for k, v in target.items()}
-    labels, _ = criterion.label_anchors(anchors, crowd_only)
+    labels, _ = criterion.labeler(anchors, crowd_only)
     assert labels.tolist() == [BACKGROUND, IGNORE, IGNORE, BACKGROUND, BACKGROUND]
     # The loss equals the reference without the crowd box and without the ignored anchors.
     outputs = make_outputs(anchors, 1)
@@ -164,7 +167,7 @@ def test_foreground_anchor_on_crowd_stays_foreground():
         "labels": torch.tensor([0, 2]),
         "iscrowd": torch.tensor([False, True]),
     }
-    labels, _ = make_criterion().label_anchors(anchors, target)
+    labels, _ = make_criterion().labeler(anchors, target)
     assert labels.tolist() == [0]
 
 
@@ -172,7 +175,7 @@ def test_normalizer_ema():
     anchors = grid_anchors()
     outputs = make_outputs(anchors, 2)
     criterion = make_criterion(normalizer_momentum=0.9)
-    num_pos = sum(int((criterion.label_anchors(anchors, t)[0] >= 0).sum()) for t in TARGETS)
+    num_pos = sum(int((criterion.labeler(anchors, t)[0] >= 0).sum()) for t in TARGETS)
     plain = make_criterion()(outputs, TARGETS)
     losses = criterion(outputs, TARGETS)
     expected_norm = 0.9 * 100.0 + 0.1 * num_pos
@@ -183,13 +186,54 @@ def test_normalizer_ema():
     assert criterion.loss_normalizer.item() == pytest.approx(expected_norm)
 
 
+def test_target_classes_are_checked_once_not_in_the_loss(monkeypatch):
+    """Classes outside 0..K-1 are named per image (on CPU; on a GPU a device-side assert); the
+    loss itself does not read the labels back (the labeler made them)."""
+    anchors = grid_anchors()
+    outputs = make_outputs(anchors, 2)
+    for bad_class in (K, -1, BACKGROUND):
+        bad = [TARGETS[0], {**TARGETS[1], "labels": torch.tensor([bad_class]), "image_id": 9}]
+        with pytest.raises(ValueError, match=rf"image 9: target classes must be in 0..{K - 1}"):
+            make_criterion()(outputs, bad)
+    expected = make_criterion()(outputs, TARGETS)
+
+    def no_host_read(*args):
+        raise AssertionError("label values read back to the host")
+
+    monkeypatch.setattr(losses._chunked, "check_label_values", no_host_read)
+    got = make_criterion()(outputs, TARGETS)
+    assert torch.equal(got["loss_cls"], expected["loss_cls"])
+
+
+def test_bfloat16_outputs_give_the_losses_of_their_float32_copy():
+    """The criterion casts nothing itself: the losses compute in float32 from bf16 outputs, with
+    the values and gradients a float32 copy of the same outputs gives."""
+    anchors = grid_anchors()
+    ref = make_outputs(anchors, 2)
+    low = DenseOutputs(
+        ref.cls_logits.detach().bfloat16().requires_grad_(),
+        ref.box_deltas.detach().bfloat16().requires_grad_(),
+        anchors, [len(anchors)], ref.image_sizes,
+    )  # fmt: skip
+    copy = low._replace(cls_logits=low.cls_logits.float(), box_deltas=low.box_deltas.float())
+    for box_loss in (SmoothL1BoxLoss(beta=0.1), GIoUBoxLoss()):
+        criterion = RetinaNetCriterion(BoxCoder(), AnchorLabeler(Matcher()), FocalLoss(), box_loss)
+        got, want = criterion(low, TARGETS), criterion(copy, TARGETS)
+        for key in ("loss_cls", "loss_box"):
+            assert got[key].dtype == torch.float32 and torch.equal(got[key], want[key])
+        grads = torch.autograd.grad(sum(got.values()), [low.cls_logits, low.box_deltas])
+        want_grads = torch.autograd.grad(sum(want.values()), [low.cls_logits, low.box_deltas])
+        for g, w in zip(grads, want_grads, strict=True):
+            assert g.dtype == torch.bfloat16 and torch.equal(g, w)
+
+
 def test_bad_targets():
     anchors = grid_anchors()
     outputs = make_outputs(anchors, 1)
     with pytest.raises(ValueError, match="2 targets for 1 images"):
         make_criterion()(outputs, TARGETS)
     bad = [{"boxes": torch.zeros(2, 3), "labels": torch.zeros(2, dtype=torch.int64), "image_id": 7}]
-    with pytest.raises(ValueError, match=r"image 7: boxes must be \(M, 4\)"):
+    with pytest.raises(ValueError, match=r"AnchorLabeler: image 7: boxes must be \(M, 4\)"):
         make_criterion()(outputs, bad)
     with pytest.raises(ValueError, match="normalizer_momentum"):
         make_criterion(normalizer_momentum=1.0)

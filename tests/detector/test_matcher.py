@@ -3,7 +3,7 @@ import torch
 from torchvision.models.detection._utils import Matcher as TVMatcher
 
 from detector import Matcher
-from losses.labels import BACKGROUND, IGNORE
+from detector.labeling import BACKGROUND, IGNORE
 
 # 3 boxes x 7 anchors.
 IOU = torch.tensor(

@@ -210,6 +210,32 @@ def test_focal_loss_module():
     torch.testing.assert_close(module(logits, labels), sigmoid_focal_loss_labels(logits, labels))
 
 
+def test_label_values_are_checked_unless_the_caller_vouches_for_them(monkeypatch):
+    """The public functions and modules reject bad labels by default (a host read); with
+    ``validate_labels=False`` (the criterion, whose labels the labeler makes) the values are
+    not read back, and the shapes are still checked."""
+    logits, labels = make_inputs()
+    too_big = labels.clone()
+    too_big[4] = K
+    with pytest.raises(ValueError, match=r"the first 7 at row 4"):
+        FocalLoss()(logits, too_big)
+    with pytest.raises(ValueError, match=r"the first 7 at row 4"):
+        sigmoid_focal_loss_labels(logits, too_big, reduction="none")
+    expected = sigmoid_focal_loss_labels(logits, labels)
+
+    def no_host_read(*args):
+        raise AssertionError("label values read back to the host")
+
+    monkeypatch.setattr(losses._chunked, "check_label_values", no_host_read)
+    with pytest.raises(AssertionError, match="read back"):
+        FocalLoss()(logits, labels)
+    torch.testing.assert_close(FocalLoss()(logits, labels, validate_labels=False), expected)
+    with pytest.raises(ValueError, match=r"labels must have shape \(M,\) = \(60,\)"):
+        FocalLoss()(logits, labels[:-1], validate_labels=False)
+    with pytest.raises(ValueError, match="labels must be an integer tensor"):
+        sigmoid_focal_loss_labels(logits, labels.float(), validate_labels=False)
+
+
 def test_focal_loss_module_as_alpha_balanced_ce():
     # Table 1a's CE baseline: FocalLoss(gamma=0, alpha=0.75).
     logits, labels = make_inputs()

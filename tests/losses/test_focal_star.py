@@ -123,6 +123,13 @@ def test_module():
     torch.testing.assert_close(
         module(logits, labels), focal_loss_star_labels(logits, labels, 4.0, 0.0)
     )
+    torch.testing.assert_close(
+        module(logits, labels, validate_labels=False), module(logits, labels)
+    )
+    bad = labels.clone()
+    bad[0] = -3
+    with pytest.raises(ValueError, match=r"the first -3 at row 0"):
+        module(logits, bad)
 
 
 def test_bad_input():

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from detector import AnchorGenerator, RetinaNetCriterion
 from detector.engine.config import register_resolvers, validate_loss, validate_model
-from detector.ohem import OHEMCriterion
+from detector.paper.ohem import OHEMCriterion
 from losses import FocalLoss, FocalLossStar
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 

@@ -1,4 +1,4 @@
-"""Figure 4 (detector/loss_cdf.py, tools/loss_cdf.py): exact curves on a hand-built case."""
+"""Figure 4 (detector/paper/loss_cdf.py, tools/loss_cdf.py): exact curves on a hand-built case."""
 
 import json
 import math
@@ -13,19 +13,19 @@ import torch
 from omegaconf import OmegaConf
 
 from data.synthetic import ensure_synthetic
-from detector import BoxCoder, DenseOutputs, Matcher, RetinaNetCriterion
+from detector import AnchorLabeler, DenseOutputs, Matcher
 from detector.checkpoint import save_checkpoint
 from detector.engine.training_state import inference_checkpoint
-from detector.loss_cdf import (
+from detector.labeling import IGNORE
+from detector.paper.loss_cdf import (
     LossSamples,
     add_batch,
     cumulative_loss,
+    labeler_from_config,
     share_of_hardest,
 )
-from losses import FocalLoss, SmoothL1BoxLoss
-from losses.labels import IGNORE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_cumulative_loss_by_hand() -> None:
@@ -61,12 +61,10 @@ def test_anchor_losses_and_curves_are_exact() -> None:
         torch.tensor([[20, 320]]),
     )
     target = {"boxes": anchors[:1].clone(), "labels": torch.tensor([0]), "image_id": 7}
-    criterion = RetinaNetCriterion(
-        BoxCoder(), Matcher(allow_low_quality_matches=False), FocalLoss(), SmoothL1BoxLoss()
-    )
-    assert criterion.label_anchors(anchors, target)[0][4] == IGNORE  # IoU 6/14 with the box
+    labeler = AnchorLabeler(Matcher(allow_low_quality_matches=False))
+    assert labeler(anchors, target)[0][4] == IGNORE  # IoU 6/14 with the box
     samples = LossSamples((0.0, 2.0))
-    add_batch(samples, outputs, [target], criterion)
+    add_batch(samples, outputs, [target], labeler)
     for gamma in (0.0, 2.0):
         # eq. 5 without α: positive (1 - p)^γ (-log p), negative p^γ (-log(1 - p)).
         positive = [(1 - sigmoid(xs[0])) ** gamma * softplus(-xs[0])]
@@ -87,6 +85,22 @@ def test_anchor_losses_and_curves_are_exact() -> None:
     assert ce_share == pytest.approx(softplus(math.log(3)) / sum(
         softplus(x) for x in xs[1:4]), rel=1e-12)  # fmt: skip
     assert fl_share > ce_share
+
+
+def test_labeler_from_a_training_config() -> None:
+    """The matcher settings of the run, read as values: no _target_ of the file is built."""
+    settings = {"fg_iou_thresh": 0.6, "bg_iou_thresh": 0.3, "allow_low_quality_matches": False}
+    foreign = {"_target_": "os.system", **settings}
+    current = {"criterion": {"labeler": {"_target_": "os.system", "matcher": foreign}}}
+    before_labeler = {"criterion": {"matcher": foreign}}  # checkpoints of older runs
+    for config in (current, before_labeler):
+        matcher = labeler_from_config(config).matcher
+        assert type(matcher) is Matcher
+        assert (matcher.fg_iou_thresh, matcher.bg_iou_thresh) == (0.6, 0.3)
+        assert matcher.allow_low_quality_matches is False
+    default = labeler_from_config({}).matcher
+    assert (default.fg_iou_thresh, default.bg_iou_thresh, default.allow_low_quality_matches) == (
+        0.5, 0.4, True)  # fmt: skip
 
 
 TINY_MODEL = {

@@ -1,11 +1,11 @@
-"""OHEM anchor selection (losses/ohem.py), Table 1d."""
+"""OHEM anchor selection (detector/paper/ohem.py), Table 1d."""
 
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from losses.labels import BACKGROUND, IGNORE
-from losses.ohem import ohem_select
+from detector.labeling import BACKGROUND, IGNORE
+from detector.paper.ohem import ohem_select
 
 NEG = BACKGROUND  # short name for a negative anchor in the hand-built label rows
 
@@ -96,7 +96,7 @@ def test_ties_go_to_the_lower_index() -> None:
     [(8, None, 0.5), (8, 0.25, 0.5), (32, 0.25, 0.7), (64, None, 0.7), (5, 0.5, 0.3)],
 )
 def test_matches_full_greedy_nms(batch_size, fg_fraction, thresh) -> None:
-    """Prefix NMS (losses/ohem.py) equals NMS over every anchor, on clustered random boxes."""
+    """Prefix NMS (detector/paper/ohem.py) equals NMS over every anchor, on clustered boxes."""
     g = torch.Generator().manual_seed(batch_size)
     n, r = 3, 300
     centres = torch.rand(n, r, 2, generator=g) * 120

@@ -1,12 +1,19 @@
-"""OHEMCriterion (detector/ohem.py): RetinaNet's labelling and box loss, CE on mined anchors."""
+"""OHEMCriterion (detector/paper/ohem.py): RetinaNet's labels and box loss, CE on mined anchors."""
 
 import pytest
 import torch
 
-from detector import AnchorGenerator, BoxCoder, DenseOutputs, Matcher, RetinaNetCriterion
-from detector.ohem import OHEMCriterion
+from detector import (
+    AnchorGenerator,
+    AnchorLabeler,
+    BoxCoder,
+    DenseOutputs,
+    Matcher,
+    RetinaNetCriterion,
+)
+from detector.labeling import IGNORE
+from detector.paper.ohem import OHEMCriterion
 from losses import FocalLoss, FocalLossStar, SmoothL1BoxLoss, sigmoid_focal_loss_labels
-from losses.labels import IGNORE
 
 K = 3
 CE = FocalLoss(alpha=None, gamma=0.0)
@@ -31,7 +38,7 @@ TARGETS = [
 
 
 def make(**kw) -> OHEMCriterion:
-    return OHEMCriterion(BoxCoder(), Matcher(), CE, SmoothL1BoxLoss(beta=0.1), **kw)
+    return OHEMCriterion(BoxCoder(), AnchorLabeler(Matcher()), CE, SmoothL1BoxLoss(beta=0.1), **kw)
 
 
 @pytest.mark.parametrize("fg_fraction", [None, 0.25])
@@ -41,7 +48,7 @@ def test_loss_is_ce_over_the_mined_anchors(fg_fraction) -> None:
     losses = criterion(outputs, TARGETS)
     assert set(losses) == {"loss_cls", "loss_box"}
 
-    labels = torch.stack([criterion.label_anchors(outputs.anchors, t)[0] for t in TARGETS])
+    labels = torch.stack([criterion.labeler(outputs.anchors, t)[0] for t in TARGETS])
     keep = criterion.select(outputs, labels)
     assert keep.sum(1).tolist() == [32, 32]  # R = 720 anchors per image, B = 32 survive
     if fg_fraction is not None:
@@ -64,9 +71,9 @@ def test_loss_is_ce_over_the_mined_anchors(fg_fraction) -> None:
 def test_box_loss_is_retinanets() -> None:
     outputs = make_outputs(seed=1)
     ohem = make(batch_size_per_image=16)(outputs, TARGETS)
-    retina = RetinaNetCriterion(BoxCoder(), Matcher(), CE, SmoothL1BoxLoss(beta=0.1))(
-        outputs, TARGETS
-    )
+    retina = RetinaNetCriterion(
+        BoxCoder(), AnchorLabeler(Matcher()), CE, SmoothL1BoxLoss(beta=0.1)
+    )(outputs, TARGETS)
     torch.testing.assert_close(ohem["loss_box"], retina["loss_box"])
     assert ohem["loss_box"] > 0
 
@@ -75,7 +82,7 @@ def test_anchors_are_scored_by_their_loss() -> None:
     """With no NMS effect (threshold 1) the mined anchors are the top-B by per-anchor CE."""
     criterion = make(batch_size_per_image=10, nms_thresh=1.0)
     outputs = make_outputs(n=1)
-    labels = criterion.label_anchors(outputs.anchors, TARGETS[0])[0][None]
+    labels = criterion.labeler(outputs.anchors, TARGETS[0])[0][None]
     keep = criterion.select(outputs, labels)
     per_anchor = sigmoid_focal_loss_labels(
         outputs.cls_logits.detach()[0], labels[0], alpha=None, gamma=0.0, reduction="none"
@@ -86,7 +93,7 @@ def test_anchors_are_scored_by_their_loss() -> None:
 
 def test_rejects_a_loss_it_cannot_score_and_bad_settings() -> None:
     with pytest.raises(TypeError, match="cls_loss must be a losses.FocalLoss"):
-        OHEMCriterion(BoxCoder(), Matcher(), FocalLossStar(), SmoothL1BoxLoss())
+        OHEMCriterion(BoxCoder(), AnchorLabeler(Matcher()), FocalLossStar(), SmoothL1BoxLoss())
     with pytest.raises(ValueError, match="nms_thresh must be in"):
         make(nms_thresh=0.0)
     with pytest.raises(ValueError, match="2 targets for 1 images"):

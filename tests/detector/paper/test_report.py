@@ -1,4 +1,4 @@
-"""tools/report.py and detector/reporting.py on hand-made run folders."""
+"""tools/report.py and detector/paper/report.py on hand-made run folders."""
 
 import json
 import subprocess
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detector.reporting import ReportError, find_runs, write_report
+from detector.paper.report import ReportError, write_report
+from detector.paper.runs import find_runs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def focal(alpha, gamma) -> dict:
@@ -51,7 +52,7 @@ def ap(ap: float, ap50: float, ap75: float) -> dict:
             "per_class_AP": {"circle": ap}, "iteration": 10}  # fmt: skip
 
 
-OHEM = "detector.ohem.OHEMCriterion"
+OHEM = "detector.paper.ohem.OHEMCriterion"
 
 
 @pytest.fixture
