@@ -100,7 +100,9 @@ class RetinaNetPostProcessor(nn.Module):
         ``orig_sizes`` (N, 2) are the ``(h, w)`` the images had before the data pipeline resized
         them to ``outputs.image_sizes``; ``None`` keeps the model-input coordinates.
         """
-        cls_logits, box_deltas, anchors = outputs.cls_logits, outputs.box_deltas, outputs.anchors
+        # Scores, decoding and NMS in float32 whatever the network's dtype (bf16 logits tie).
+        cls_logits, box_deltas = outputs.cls_logits.float(), outputs.box_deltas.float()
+        anchors = outputs.anchors
         num_images, _, num_classes = cls_logits.shape
         sizes = outputs.image_sizes.to(anchors.device, torch.float32)
         orig = sizes if orig_sizes is None else torch.as_tensor(orig_sizes).to(sizes)
@@ -112,7 +114,7 @@ class RetinaNetPostProcessor(nn.Module):
         logits, flat = topk_per_level(
             cls_logits, outputs.num_anchors_per_level, self.topk_candidates
         )
-        scores = torch.sigmoid(logits.float())  # (N, C)
+        scores = torch.sigmoid(logits)  # (N, C)
         anchor_idx = torch.div(flat, num_classes, rounding_mode="floor")
         labels = flat % num_classes
         deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))

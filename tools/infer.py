@@ -77,9 +77,6 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         resized = transforms(image=image, bboxes=empty, labels=np.zeros(0), iscrowd=np.zeros(0))
         tensor = torch.from_numpy(np.ascontiguousarray(resized["image"])).permute(2, 0, 1)
         outputs = model([tensor.to(device)])
-        outputs = outputs._replace(
-            cls_logits=outputs.cls_logits.float(), box_deltas=outputs.box_deltas.float()
-        )
         orig = torch.tensor([image.shape[:2]], device=device)
         detections = postprocessor(outputs, orig)[0]
         keep = detections["scores"] >= cfg.score_thresh

@@ -111,9 +111,6 @@ def predict(
             sizes = batch.image_sizes.to(device)
             with precision.autocast():
                 outputs = model(images, sizes)
-            outputs = outputs._replace(
-                cls_logits=outputs.cls_logits.float(), box_deltas=outputs.box_deltas.float()
-            )
             orig_sizes = torch.tensor([t["orig_size"] for t in batch.targets], device=device)
             detections = postprocessor(outputs, orig_sizes)
             for i, (det, target) in enumerate(zip(detections, batch.targets, strict=True)):

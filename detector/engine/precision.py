@@ -1,7 +1,8 @@
 """Mixed precision: bf16 autocast where the device has it, fp16 + GradScaler on CUDA on request.
 
-Only the network runs under autocast; the engine casts its outputs to float32 before the
-criterion and the post-processor, so losses, box decoding, IoU and NMS stay in float32.
+Only the network runs under autocast; its consumers compute in float32 from its outputs (the
+losses chunk by chunk, the post-processor on its input), so losses, box decoding, IoU and NMS
+stay in float32.
 """
 
 from __future__ import annotations

@@ -123,10 +123,8 @@ class Trainer:
         targets = move_targets(batch.targets, self.device)
         with self.precision.autocast():
             outputs = self.model(images, sizes)
-        # Losses in float32 whatever the autocast dtype (design.md, conventions).
-        outputs = outputs._replace(
-            cls_logits=outputs.cls_logits.float(), box_deltas=outputs.box_deltas.float()
-        )
+        # The outputs keep the autocast dtype: the losses compute in float32 chunk by chunk
+        # (a float32 copy of the (N, R, K) logits is the memory they are written to avoid).
         losses = self.criterion(outputs, targets)
         total = sum(losses.values())
         self._loss_names = list(losses)
