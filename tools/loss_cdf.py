@@ -15,6 +15,7 @@ import hydra
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
+from data.build import build_dataset
 from data.loader import build_test_loader
 from data.synthetic import ensure_synthetic
 from data.validate import DatasetError
@@ -28,7 +29,6 @@ from detector.engine.config import (
     validate_data,
 )
 from detector.engine.distributed import resolve_device
-from detector.engine.training import build_dataset
 from detector.loss_cdf import collect, plot, summary
 from losses import FocalLoss, SmoothL1BoxLoss
 

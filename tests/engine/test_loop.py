@@ -10,9 +10,9 @@ from torch import nn
 
 from data.loader import Batch
 from detector import DenseOutputs
+from detector.engine.loop import LoopSettings, NonFiniteLossError, Trainer
 from detector.engine.optim import build_lr_scheduler, milestones, scaled_lr, warmup_multistep_factor
 from detector.engine.precision import MixedPrecision
-from detector.engine.trainer import LoopSettings, NonFiniteLossError, Trainer
 
 
 class Toy(nn.Module):

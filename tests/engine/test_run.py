@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from detector.checkpoint import load_checkpoint
 from detector.engine.evaluator import STAT_NAMES
-from detector.engine.training import run_training
+from detector.engine.run import run_training
 
 
 def test_few_iterations_leave_every_artefact(

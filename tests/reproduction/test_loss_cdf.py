@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from data.synthetic import ensure_synthetic
 from detector import BoxCoder, DenseOutputs, Matcher, RetinaNetCriterion
 from detector.checkpoint import save_checkpoint
-from detector.engine.training_state import inference_checkpoint
+from detector.engine.state import inference_checkpoint
 from detector.loss_cdf import (
     LossSamples,
     add_batch,
