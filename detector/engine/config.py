@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -129,14 +128,6 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_fraction(value: Any, name: str) -> None:
-    """``value`` must be a number in [0, 1] (a threshold)."""
-    _check(
-        isinstance(value, (int, float)) and 0 <= value <= 1,
-        f"{name} must be in [0, 1], got {value}",
-    )
-
-
 @contextlib.contextmanager
 def constructor_errors(prefix: str) -> Iterator[None]:
     """Turn a constructor's ``ValueError`` into the one-line :class:`ConfigError` naming the key.
@@ -204,7 +195,8 @@ def validate_optim(cfg: DictConfig) -> OptimConfig:
 
 
 def validate_loss(cfg: DictConfig) -> None:
-    """The ``loss`` node must name an importable class with gamma >= 0 and alpha in [0, 1]."""
+    """The ``loss`` node must name an importable class, hold numbers, and build (the loss's
+    constructor checks gamma and alpha)."""
     loss = cfg.loss
     _check(
         isinstance(loss, DictConfig) and "_target_" in loss,
@@ -221,14 +213,8 @@ def validate_loss(cfg: DictConfig) -> None:
             value is None or isinstance(value, (int, float)) and not isinstance(value, bool),
             f"loss.{key} must be a number, got {value!r}",
         )
-    if "gamma" in loss:
-        gamma = loss.gamma
-        _check(
-            gamma is not None and math.isfinite(gamma) and gamma >= 0,
-            f"loss.gamma must be >= 0 (the focusing parameter, §3.2), got {gamma}",
-        )
-    if "alpha" in loss and loss.alpha is not None:
-        _check(0 <= loss.alpha <= 1, f"loss.alpha must be in [0, 1] or null, got {loss.alpha}")
+    with constructor_errors("loss"):
+        instantiate(loss)
 
 
 def validate_data(cfg: DictConfig, splits: Sequence[str] = ("train", "val")) -> None:
@@ -273,13 +259,6 @@ def validate_model(cfg: DictConfig) -> None:
             instantiate(head)
 
 
-def validate_postprocess(cfg: DictConfig) -> None:
-    """The ``postprocess`` node must build (its constructor checks the thresholds)."""
-    if "postprocess" in cfg:
-        with constructor_errors("postprocess"):
-            instantiate(cfg.postprocess)
-
-
 def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
     """Validate a composed training config; raise :class:`ConfigError` at the first problem."""
     for group in CONFIG_GROUPS:
@@ -288,7 +267,8 @@ def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
     optim = validate_optim(cfg)
     validate_loss(cfg)
     validate_model(cfg)
-    validate_postprocess(cfg)
+    with constructor_errors("postprocess"):  # the post-processor checks its thresholds
+        instantiate(cfg.postprocess)
     validate_data(cfg)
     return train, optim
 
@@ -322,7 +302,11 @@ def validate_infer(cfg: DictConfig) -> None:
     existing_path(cfg, "input", kind="any")
     if OmegaConf.is_missing(cfg, "output"):
         raise ConfigError("output is not set: pass output=DIR")
-    _check_fraction(cfg.score_thresh, "score_thresh")
+    thresh = cfg.score_thresh
+    _check(
+        isinstance(thresh, (int, float)) and 0 <= thresh <= 1,
+        f"score_thresh must be in [0, 1], got {thresh}",
+    )
 
 
 def _group_error(e: MissingConfigException) -> str:

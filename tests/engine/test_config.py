@@ -113,9 +113,10 @@ def test_raccoon_layout(compose_train: Compose, tmp_path: Path) -> None:
 
 
 BAD = [
-    (["loss.gamma=-1"], "loss.gamma must be >= 0 (the focusing parameter, §3.2), got -1"),
-    (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or null, got 1.5"),
-    (["loss.alpha=-0.1"], "loss.alpha must be in [0, 1] or null, got -0.1"),
+    # The loss's constructor checks gamma and alpha; the config layer names the key.
+    (["loss.gamma=-1"], "loss.gamma must be >= 0, got -1"),
+    (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or None, got 1.5"),
+    (["loss.alpha=-0.1"], "loss.alpha must be in [0, 1] or None, got -0.1"),
     (["loss=dice"], f"unknown loss 'dice' (choose from {', '.join(_options('loss'))})"),
     (["model=r200"], f"unknown model 'r200' (choose from {', '.join(_options('model'))})"),
     (["loss._target_=losses.NoSuchLoss"], "loss._target_: unknown loss class 'losses.NoSuchLoss'"),
