@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import BatchSampler as TorchBatchSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from data.ranks import rank_and_world_size
 from data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
 
 
@@ -45,12 +46,6 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
     for out, image in zip(padded, images, strict=True):
         out[:, : image.shape[1], : image.shape[2]].copy_(image)
     return Batch(padded, sizes, [target for _, target in batch])
-
-
-def _distributed_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class _WorkerSeeder:
@@ -111,7 +106,7 @@ def build_train_loader(
     only landscape or only portrait images (needs ``dataset.aspect_ratios()``). Iterate it with
     ``iter()`` once and call ``next`` per step; it never ends.
     """
-    rank, world_size = _distributed_rank_world()
+    rank, world_size = rank_and_world_size()
     sampler = InfiniteSampler(
         len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size
     )
@@ -145,7 +140,7 @@ def build_test_loader(
     strided shard via ``DistributedSampler(shuffle=False)``, which pads with repeats to equal
     lengths; the evaluator deduplicates by ``image_id``.
     """
-    rank, world_size = _distributed_rank_world()
+    rank, world_size = rank_and_world_size()
     if distributed is None:
         distributed = world_size > 1
     if distributed:

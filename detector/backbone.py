@@ -26,6 +26,14 @@ _DEPTHS = {
 }
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
+RESNET_OUT_CHANNELS: dict[int, list[int]] = {
+    18: [128, 256, 512],
+    34: [128, 256, 512],
+    50: [512, 1024, 2048],
+    101: [512, 1024, 2048],
+}
+"""Channels of C3, C4, C5 per ResNet depth (basic blocks below 50, bottlenecks from 50 on)."""
+
 
 def _norm_layer(norm: str, eps: float) -> Callable[[int], nn.Module]:
     if norm == "frozen_bn":

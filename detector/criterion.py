@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from data.ranks import rank_and_world_size
 from detector.box_coder import BoxCoder
 from detector.labeling import AnchorLabeler
 from detector.retinanet import DenseOutputs
@@ -20,10 +21,11 @@ INITIAL_NORMALIZER = 100.0
 
 def mean_over_processes(count: Tensor) -> Tensor:
     """``count`` averaged over DDP processes (itself without DDP), at least 1."""
-    if dist.is_available() and dist.is_initialized():
+    _, world_size = rank_and_world_size()
+    if world_size > 1:
         count = count.clone()
         dist.all_reduce(count)
-        count = count / dist.get_world_size()
+        count = count / world_size
     return count.clamp(min=1.0)
 
 

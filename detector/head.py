@@ -58,8 +58,15 @@ class RetinaNetHead(nn.Module):
         super().__init__()
         if norm not in HEAD_NORMS:
             raise ValueError(f"RetinaNetHead: norm must be one of {HEAD_NORMS}, got {norm!r}")
-        if num_classes < 1:
-            raise ValueError(f"RetinaNetHead: num_classes must be >= 1, got {num_classes}")
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_anchors", num_anchors),
+            ("num_classes", num_classes),
+        ):
+            if value < 1:
+                raise ValueError(f"RetinaNetHead: {name} must be >= 1, got {value}")
+        if num_convs < 0:
+            raise ValueError(f"RetinaNetHead: num_convs must be >= 0, got {num_convs}")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"RetinaNetHead: prior_prob must be in (0, 1), got {prior_prob}")
         self.num_classes = num_classes

@@ -57,6 +57,10 @@ def topk_per_level(
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class RetinaNetPostProcessor(nn.Module):
     """Turn ``DenseOutputs`` into per-image detections, in float32.
 
@@ -81,11 +85,15 @@ class RetinaNetPostProcessor(nn.Module):
         detections_per_img: int = 100,
     ) -> None:
         super().__init__()
-        if topk_candidates < 1 or detections_per_img < 1:
-            raise ValueError(
-                "RetinaNetPostProcessor: topk_candidates and detections_per_img must be >= 1, got "
-                f"{topk_candidates} and {detections_per_img}"
-            )
+        for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
+            if not (_is_number(value) and 0 <= value <= 1):
+                raise ValueError(f"RetinaNetPostProcessor: {name} must be in [0, 1], got {value}")
+        for name, value in (
+            ("topk_candidates", topk_candidates),
+            ("detections_per_img", detections_per_img),
+        ):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"RetinaNetPostProcessor: {name} must be >= 1, got {value}")
         self.box_coder = box_coder
         self.score_thresh = float(score_thresh)
         self.topk_candidates = int(topk_candidates)

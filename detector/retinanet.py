@@ -50,7 +50,9 @@ class RetinaNet(nn.Module):
         channels_last: keep the convolution weights, and so the activations, in the
             channels_last (NHWC) memory format: the same values, but oneDNN (CPU) and cuDNN
             convolutions run faster on it, and the head's NCHW → (N, HWA, K) flattening becomes
-            a view. ``model.to(memory_format=...)`` switches later; the input follows the weights.
+            a view. ``model.to(memory_format=...)`` switches later; the input follows the weights
+            in ``forward``, so this is the one place the memory format is decided (the engine's
+            loop and evaluator do not convert).
 
     The model does not resize: resizing belongs to the data pipeline.
     """

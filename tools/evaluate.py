@@ -19,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from data.build import build_dataset, prepare_data
 from data.loader import build_test_loader
 from data.validate import DatasetError
 from detector import build_from_checkpoint
@@ -31,9 +32,8 @@ from detector.engine.config import (
 )
 from detector.engine.distributed import cleanup, init_distributed
 from detector.engine.evaluator import evaluate, format_summary
+from detector.engine.events import write_metrics
 from detector.engine.precision import MixedPrecision
-from detector.engine.summary import write_metrics
-from detector.engine.training import build_dataset, prepare_data
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.getLogger("focaldet.evaluate")
@@ -47,7 +47,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
     model, postprocessor, classes = build_from_checkpoint(checkpoint, overrides)
     model.to(ctx.device)
-    prepare_data(cfg, ctx)
+    prepare_data(cfg)
     dataset = build_dataset(cfg, "val")
     unknown = {c["id"] for c in dataset.classes} - {c["id"] for c in classes}
     if unknown:

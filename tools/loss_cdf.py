@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from data.build import build_dataset
 from data.loader import build_test_loader
 from data.synthetic import ensure_synthetic
 from data.validate import DatasetError
@@ -28,7 +29,6 @@ from detector.engine.config import (
     validate_data,
 )
 from detector.engine.distributed import resolve_device
-from detector.engine.training import build_dataset
 from detector.paper.loss_cdf import collect, labeler_from_config, plot, summary
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

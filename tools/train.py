@@ -19,9 +19,9 @@ from omegaconf import DictConfig
 
 from data.validate import DatasetError
 from detector.engine.config import exit_on_config_error, preflight, register_resolvers
-from detector.engine.summary import write_metrics
-from detector.engine.trainer import NonFiniteLossError
-from detector.engine.training import run_training
+from detector.engine.events import write_metrics
+from detector.engine.loop import NonFiniteLossError
+from detector.engine.run import run_training
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.getLogger("focaldet.train")

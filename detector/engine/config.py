@@ -8,28 +8,28 @@ Hydra's compose API and validates it, so a bad sweep point stops the sweep befor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import math
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
-from hydra.utils import get_class
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-RESNET_OUT_CHANNELS: dict[int, list[int]] = {
-    18: [128, 256, 512],
-    34: [128, 256, 512],
-    50: [512, 1024, 2048],
-    101: [512, 1024, 2048],
-}
-"""Channels of C3, C4, C5 per ResNet depth (basic blocks below 50, bottlenecks from 50 on)."""
+from detector.backbone import RESNET_OUT_CHANNELS
+from detector.box_coder import BoxCoder
+from detector.engine.loop import LoopSettings
+from detector.engine.optim import build_lr_scheduler, build_sgd, scaled_lr
+from detector.postprocess import RetinaNetPostProcessor
 
 CONFIG_GROUPS = ("model", "loss", "data", "optim", "train")
 """The defaults list of ``configs/train.yaml``: one level deep, one option per group."""
@@ -63,8 +63,6 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     sync_bn: bool = True
     """Under DDP on CUDA, turn BatchNorm layers into SyncBatchNorm (CPU DDP keeps them local)."""
-    channels_last: bool = True
-    """On CUDA, run the network in the channels_last memory format."""
     vis_images: int = 4
     """Validation images drawn with predicted and ground-truth boxes in TensorBoard at each eval."""
     vis_score_thresh: float = 0.3
@@ -130,24 +128,42 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_fraction(value: Any, name: str) -> None:
-    """``value`` must be a number in [0, 1] (a threshold)."""
-    _check(
-        isinstance(value, (int, float)) and 0 <= value <= 1,
-        f"{name} must be in [0, 1], got {value}",
-    )
+@contextlib.contextmanager
+def constructor_errors(prefix: str) -> Iterator[None]:
+    """Turn a constructor's ``ValueError`` into the one-line :class:`ConfigError` naming the key.
+
+    The constructors validate their own arguments with messages that start with the argument's
+    name (after an optional ``ClassName: ``), which is also its key under ``prefix``:
+    ``RetinaNetPostProcessor: nms_thresh must be ...`` becomes ``postprocess.nms_thresh must
+    be ...``.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, InstantiationException) as e:
+        # hydra.utils.instantiate wraps the constructor's error; report the constructor's own.
+        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        if not isinstance(cause, ValueError):
+            raise
+        message = re.sub(r"^[A-Z]\w*: ", "", _one_line(str(cause)))
+        raise ConfigError(f"{prefix}.{message}") from None
+
+
+def loop_settings(train: TrainConfig) -> LoopSettings:
+    """The training loop's settings from the ``train`` group (``LoopSettings`` checks them)."""
+    # Every LoopSettings field is a train key of the same name.
+    with constructor_errors("train"):
+        return LoopSettings(**{f.name: getattr(train, f.name) for f in fields(LoopSettings)})
 
 
 def validate_train(cfg: DictConfig) -> TrainConfig:
     """Type- and range-check the ``train`` group."""
     train = _typed(TrainConfig, cfg.train, "train")
-    _check(train.max_iter >= 1, f"train.max_iter must be >= 1, got {train.max_iter}")
+    loop_settings(train)
     _check(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
     _check(train.workers >= 0, f"train.workers must be >= 0, got {train.workers}")
-    for key in ("eval_period", "checkpoint_period", "skip_nonfinite", "vis_images"):
-        value = getattr(train, key)
-        _check(value >= 0, f"train.{key} must be >= 0, got {value}")
-    _check(train.log_period >= 1, f"train.log_period must be >= 1, got {train.log_period}")
+    _check(train.vis_images >= 0, f"train.vis_images must be >= 0, got {train.vis_images}")
     _check(
         train.amp_dtype in ("bf16", "fp16"),
         f"train.amp_dtype must be bf16 or fp16, got {train.amp_dtype!r}",
@@ -161,35 +177,26 @@ def validate_train(cfg: DictConfig) -> TrainConfig:
         not (train.amp and train.amp_dtype == "fp16" and device == "cpu"),
         "train.amp_dtype=fp16 needs CUDA (its GradScaler is CUDA-only); use bf16 on CPU",
     )
-    _check(
-        train.clip_grad_norm is None or train.clip_grad_norm > 0,
-        f"train.clip_grad_norm must be > 0 or null, got {train.clip_grad_norm}",
-    )
     return train
 
 
 def validate_optim(cfg: DictConfig) -> OptimConfig:
-    """Type- and range-check the ``optim`` group."""
+    """Type-check the ``optim`` group; the optimizer and schedule builders check the ranges
+    (called here on a one-element parameter)."""
     optim = _typed(OptimConfig, cfg.optim, "optim")
-    _check(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
-    _check(optim.base_batch_size >= 1, "optim.base_batch_size must be >= 1")
-    _check(0 <= optim.momentum < 1, f"optim.momentum must be in [0, 1), got {optim.momentum}")
-    _check(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
-    _check(optim.warmup_iters >= 0, f"optim.warmup_iters must be >= 0, got {optim.warmup_iters}")
-    _check(
-        0 < optim.warmup_factor <= 1,
-        f"optim.warmup_factor must be in (0, 1], got {optim.warmup_factor}",
-    )
-    _check(
-        all(0 < s <= 1 for s in optim.steps) and list(optim.steps) == sorted(optim.steps),
-        f"optim.steps must be increasing fractions of train.max_iter in (0, 1], got {optim.steps}",
-    )
-    _check(0 < optim.gamma <= 1, f"optim.gamma must be in (0, 1], got {optim.gamma}")
+    probe = nn.ParameterList([nn.Parameter(torch.zeros(1))])
+    with constructor_errors("optim"):
+        scaled_lr(optim.lr, optim.base_batch_size, 1)
+        optimizer = build_sgd(probe, optim.lr, optim.momentum, optim.weight_decay)
+        build_lr_scheduler(
+            optimizer, 1, optim.steps, optim.gamma, optim.warmup_iters, optim.warmup_factor
+        )
     return optim
 
 
 def validate_loss(cfg: DictConfig) -> None:
-    """The ``loss`` node must name an importable class with gamma >= 0 and alpha in [0, 1]."""
+    """The ``loss`` node must name an importable class, hold numbers, and build (the loss's
+    constructor checks gamma and alpha)."""
     loss = cfg.loss
     _check(
         isinstance(loss, DictConfig) and "_target_" in loss,
@@ -206,14 +213,8 @@ def validate_loss(cfg: DictConfig) -> None:
             value is None or isinstance(value, (int, float)) and not isinstance(value, bool),
             f"loss.{key} must be a number, got {value!r}",
         )
-    if "gamma" in loss:
-        gamma = loss.gamma
-        _check(
-            gamma is not None and math.isfinite(gamma) and gamma >= 0,
-            f"loss.gamma must be >= 0 (the focusing parameter, §3.2), got {gamma}",
-        )
-    if "alpha" in loss and loss.alpha is not None:
-        _check(0 <= loss.alpha <= 1, f"loss.alpha must be in [0, 1] or null, got {loss.alpha}")
+    with constructor_errors("loss"):
+        instantiate(loss)
 
 
 def validate_data(cfg: DictConfig, splits: Sequence[str] = ("train", "val")) -> None:
@@ -248,6 +249,14 @@ def validate_model(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "model"
         raise ConfigError(f"{key}: {_one_line(str(e).splitlines()[0])}") from None
+    head = OmegaConf.to_container(cfg.model.get("head", {}), resolve=True)
+    if "_target_" in head:
+        # Built with one class while num_classes waits for the dataset: the constructor checks
+        # the other values before anything runs.
+        if head.get("num_classes") == "???":
+            head["num_classes"] = 1
+        with constructor_errors("model.head"):
+            instantiate(head)
 
 
 def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
@@ -258,11 +267,15 @@ def validate_config(cfg: DictConfig) -> tuple[TrainConfig, OptimConfig]:
     optim = validate_optim(cfg)
     validate_loss(cfg)
     validate_model(cfg)
+    with constructor_errors("postprocess"):  # the post-processor checks its thresholds
+        instantiate(cfg.postprocess)
     validate_data(cfg)
     return train, optim
 
 
 def existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
+    """The path at ``cfg[key]``, which must be set and exist (``kind``: ``"file"``, or
+    ``"any"`` for a file or a folder); else the one-line :class:`ConfigError`."""
     if OmegaConf.is_missing(cfg, key) or cfg.get(key) is None:
         raise ConfigError(f"{key} is not set: pass {key}=PATH")
     path = Path(str(cfg[key]))
@@ -272,20 +285,14 @@ def existing_path(cfg: DictConfig, key: str, kind: str = "file") -> Path:
 
 
 def validate_evaluate(cfg: DictConfig) -> None:
-    """``tools/evaluate.py``: an existing ``checkpoint`` and a usable ``data`` group."""
+    """``tools/evaluate.py``: an existing ``checkpoint``, a usable ``data`` group, and
+    ``postprocess`` overrides the post-processor accepts."""
     existing_path(cfg, "checkpoint")
     validate_data(cfg, splits=("val",))
     _check(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
-    post = cfg.postprocess
-    for key in ("score_thresh", "nms_thresh"):
-        if post[key] is not None:
-            _check_fraction(post[key], f"postprocess.{key}")
-    for key in ("topk_candidates", "detections_per_img"):
-        value = post[key]
-        _check(
-            value is None or (isinstance(value, int) and value >= 1),
-            f"postprocess.{key} must be >= 1, got {value}",
-        )
+    overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
+    with constructor_errors("postprocess"):
+        RetinaNetPostProcessor(BoxCoder(), **overrides)
 
 
 def validate_infer(cfg: DictConfig) -> None:
@@ -295,7 +302,11 @@ def validate_infer(cfg: DictConfig) -> None:
     existing_path(cfg, "input", kind="any")
     if OmegaConf.is_missing(cfg, "output"):
         raise ConfigError("output is not set: pass output=DIR")
-    _check_fraction(cfg.score_thresh, "score_thresh")
+    thresh = cfg.score_thresh
+    _check(
+        isinstance(thresh, (int, float)) and 0 <= thresh <= 1,
+        f"score_thresh must be in [0, 1], got {thresh}",
+    )
 
 
 def _group_error(e: MissingConfigException) -> str:

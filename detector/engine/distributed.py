@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data.ranks import rank_and_world_size
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -63,32 +65,29 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, resolved)
 
 
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+def _single_process() -> bool:
+    """No other process to talk to: every collective below is then the identity."""
+    return rank_and_world_size()[1] == 1
 
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
-    if is_initialized():
+    if not _single_process():
         dist.barrier()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """The ``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
-    if not is_initialized():
+    if _single_process():
         return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
+    gathered: list[Any] = [None] * rank_and_world_size()[1]
     dist.all_gather_object(gathered, obj)
     return gathered
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank."""
-    if not is_initialized():
+    if _single_process():
         return obj
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
@@ -97,17 +96,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Average scalar tensors over ranks with one all-reduce (for logging losses)."""
-    if not is_initialized() or not values:
+    if _single_process() or not values:
         return values
     stacked = torch.stack([v.detach().float() for v in values.values()])
     dist.all_reduce(stacked)
-    stacked /= dist.get_world_size()
+    stacked /= rank_and_world_size()[1]
     return dict(zip(values.keys(), stacked.unbind(0), strict=True))
 
 
 def all_ranks(flag: torch.Tensor) -> torch.Tensor:
     """Whether the boolean scalar ``flag`` holds on every rank (one all-reduce)."""
-    if not is_initialized():
+    if _single_process():
         return flag
     value = flag.to(torch.int32).clone()
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
@@ -116,5 +115,5 @@ def all_ranks(flag: torch.Tensor) -> torch.Tensor:
 
 def cleanup() -> None:
     """Leave the process group (if this process joined one)."""
-    if is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

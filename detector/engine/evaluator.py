@@ -20,6 +20,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from data.ranks import rank_and_world_size
 from detector.engine.distributed import all_gather_objects
 from detector.engine.precision import MixedPrecision
 
@@ -102,12 +103,9 @@ def predict(
     model.eval()
     precision = precision or MixedPrecision(device)
     out = Predictions()
-    channels_last = device.type == "cuda"
     try:
         for batch in loader:
             images = batch.images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             sizes = batch.image_sizes.to(device)
             with precision.autocast():
                 outputs = model(images, sizes)
@@ -210,6 +208,6 @@ def evaluate(
     """Predict on every rank, gather, and score on rank 0 (other ranks get ``None`` metrics)."""
     local = predict(model, postprocessor, loader, label_to_cat_id, device, precision, keep_samples)
     merged = gather_predictions(local)
-    is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    metrics = coco_evaluate(coco_gt, merged.results) if is_main else None
+    rank, _ = rank_and_world_size()
+    metrics = coco_evaluate(coco_gt, merged.results) if rank == 0 else None
     return metrics, merged

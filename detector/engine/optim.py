@@ -18,6 +18,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 def scaled_lr(lr: float, base_batch_size: int, batch_size: int) -> float:
     """The linear scaling rule: ``lr`` is quoted for ``base_batch_size`` images per step."""
+    if base_batch_size < 1:
+        raise ValueError(f"base_batch_size must be >= 1, got {base_batch_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return lr * batch_size / base_batch_size
 
 
@@ -25,6 +29,12 @@ def build_sgd(
     model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4
 ) -> torch.optim.SGD:
     """SGD over the trainable parameters of ``model`` (frozen backbone stages are left out)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -62,6 +72,18 @@ def build_lr_scheduler(
 
     The warmup is cut to ``max_iter // 4`` so that very short runs still reach the full lr.
     """
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if warmup_iters < 0:
+        raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+    if not 0 < warmup_factor <= 1:
+        raise ValueError(f"warmup_factor must be in (0, 1], got {warmup_factor}")
+    if not (all(0 < s <= 1 for s in steps) and list(steps) == sorted(steps)):
+        raise ValueError(
+            f"steps must be increasing fractions of max_iter in (0, 1], got {list(steps)}"
+        )
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     # A partial, not a callable object: LambdaLR then stores no schedule in its state_dict, so a
     # resumed run follows the schedule of its own config (e.g. a larger train.max_iter).
     schedule = functools.partial(

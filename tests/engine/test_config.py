@@ -6,16 +6,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from detector.backbone import RESNET_OUT_CHANNELS
 from detector.engine.config import (
     ConfigError,
+    existing_path,
+    loop_settings,
     preflight,
     quote_path_arguments,
     validate_config,
     validate_evaluate,
     validate_infer,
 )
+from detector.engine.loop import LoopSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 Compose = Callable[[list[str]], DictConfig]
@@ -109,9 +113,10 @@ def test_raccoon_layout(compose_train: Compose, tmp_path: Path) -> None:
 
 
 BAD = [
-    (["loss.gamma=-1"], "loss.gamma must be >= 0 (the focusing parameter, §3.2), got -1"),
-    (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or null, got 1.5"),
-    (["loss.alpha=-0.1"], "loss.alpha must be in [0, 1] or null, got -0.1"),
+    # The loss's constructor checks gamma and alpha; the config layer names the key.
+    (["loss.gamma=-1"], "loss.gamma must be >= 0, got -1"),
+    (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or None, got 1.5"),
+    (["loss.alpha=-0.1"], "loss.alpha must be in [0, 1] or None, got -0.1"),
     (["loss=dice"], f"unknown loss 'dice' (choose from {', '.join(_options('loss'))})"),
     (["model=r200"], f"unknown model 'r200' (choose from {', '.join(_options('model'))})"),
     (["loss._target_=losses.NoSuchLoss"], "loss._target_: unknown loss class 'losses.NoSuchLoss'"),
@@ -129,6 +134,20 @@ BAD = [
         "train.amp_dtype=fp16 needs CUDA (its GradScaler is CUDA-only); use bf16 on CPU",
     ),
     (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
+    # The constructors check these; the config layer names the key.
+    (["train.log_period=0"], "train.log_period must be >= 1, got 0"),
+    (["train.clip_grad_norm=0"], "train.clip_grad_norm must be > 0 or null, got 0.0"),
+    (["optim.momentum=1"], "optim.momentum must be in [0, 1), got 1.0"),
+    (["optim.base_batch_size=0"], "optim.base_batch_size must be >= 1, got 0"),
+    (["optim.gamma=2"], "optim.gamma must be in (0, 1], got 2.0"),
+    (
+        ["optim.steps=[0.9,0.5]"],
+        "optim.steps must be increasing fractions of max_iter in (0, 1], got [0.9, 0.5]",
+    ),
+    (["model.head.prior_prob=1"], "model.head.prior_prob must be in (0, 1), got 1"),
+    (["model.head.num_convs=-1"], "model.head.num_convs must be >= 0, got -1"),
+    (["postprocess.nms_thresh=1.5"], "postprocess.nms_thresh must be in [0, 1], got 1.5"),
+    (["postprocess.detections_per_img=0"], "postprocess.detections_per_img must be >= 1, got 0"),
 ]
 
 
@@ -217,3 +236,32 @@ def test_paths_are_quoted_for_hydra(path: str) -> None:
     assert quote_path_arguments(["checkpoint=runs/a-1/last.pt"], ["checkpoint"]) == [
         "checkpoint=runs/a-1/last.pt"
     ]
+
+
+def test_loop_settings_come_from_the_train_group(compose_train: Compose) -> None:
+    train, _ = validate_config(compose_train([]))
+    # configs/train/default.yaml: the CPU demo's periods and its gradient clipping.
+    assert loop_settings(train) == LoopSettings(
+        max_iter=400,
+        log_period=20,
+        eval_period=200,
+        checkpoint_period=200,
+        skip_nonfinite=0,
+        clip_grad_norm=10.0,
+        progress=True,
+    )
+
+
+def test_fpn_channels_are_the_backbone_table(compose_train: Compose) -> None:
+    for depth, channels in RESNET_OUT_CHANNELS.items():
+        cfg = compose_train([f"model.backbone.depth={depth}"])
+        assert list(cfg.model.fpn.in_channels) == channels
+
+
+def test_existing_path(tmp_path: Path) -> None:
+    (tmp_path / "a.pt").write_bytes(b"")
+    cfg = OmegaConf.create({"checkpoint": str(tmp_path / "a.pt"), "input": str(tmp_path)})
+    assert existing_path(cfg, "checkpoint") == tmp_path / "a.pt"
+    assert existing_path(cfg, "input", kind="any") == tmp_path
+    with pytest.raises(ConfigError, match=rf"^input: {tmp_path} does not exist$"):
+        existing_path(cfg, "input")

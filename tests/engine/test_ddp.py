@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
 from detector.engine.distributed import cleanup
-from detector.engine.training import run_training
+from detector.engine.run import run_training
 
 # Frozen BatchNorm: trainable BN would normalise each rank's half batch with its own statistics
 # (SyncBatchNorm is CUDA-only), which a 1-process run cannot match.

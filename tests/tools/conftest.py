@@ -15,7 +15,7 @@ import torch
 
 from data.synthetic import ensure_synthetic
 from detector.checkpoint import save_checkpoint
-from detector.engine.training_state import inference_checkpoint
+from detector.engine.state import inference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from data.synthetic import ensure_synthetic
 from detector import AnchorLabeler, DenseOutputs, Matcher
 from detector.checkpoint import save_checkpoint
-from detector.engine.training_state import inference_checkpoint
+from detector.engine.state import inference_checkpoint
 from detector.labeling import IGNORE
 from detector.paper.loss_cdf import (
     LossSamples,

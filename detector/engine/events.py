@@ -1,6 +1,6 @@
-"""Run summaries: TensorBoard scalars and images, and the ``metrics.json`` file.
+"""Run events: TensorBoard scalars and images, and the ``metrics.json`` file.
 
-Only the main process writes; other ranks hold a disabled :class:`SummaryWriter` whose calls do
+Only the main process writes; other ranks hold a disabled :class:`EventWriter` whose calls do
 nothing, so the training loop never branches on the rank to log.
 """
 
@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
+from torch.utils.tensorboard import SummaryWriter
 
 from detector.engine.evaluator import Sample
 from detector.engine.visualize import draw_detections
 
 
-class SummaryWriter:
-    """TensorBoard event files in ``log_dir`` (``None``: a disabled writer)."""
+class EventWriter:
+    """TensorBoard event files in ``log_dir`` (``None``: a disabled writer), written through
+    torch's ``SummaryWriter``."""
 
     def __init__(self, log_dir: str | Path | None) -> None:
-        self._writer = TensorBoardWriter(str(log_dir)) if log_dir is not None else None
+        self._writer = SummaryWriter(str(log_dir)) if log_dir is not None else None
 
     @property
     def enabled(self) -> bool:

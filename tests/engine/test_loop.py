@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,9 +11,9 @@ from torch import nn
 
 from data.loader import Batch
 from detector import DenseOutputs
+from detector.engine.loop import LoopSettings, NonFiniteLossError, Trainer
 from detector.engine.optim import build_lr_scheduler, milestones, scaled_lr, warmup_multistep_factor
 from detector.engine.precision import MixedPrecision
-from detector.engine.trainer import LoopSettings, NonFiniteLossError, Trainer
 
 
 class Toy(nn.Module):
@@ -49,22 +50,32 @@ class ToyCriterion(nn.Module):
         return {"loss_cls": outputs.cls_logits.pow(2).mean(), "loss_box": box}
 
 
-def _trainer(bad: set[int], max_iter: int, skip: int = 0, amp: bool = False) -> Trainer:
+def _toy_trainer(
+    criterion: nn.Module,
+    settings: LoopSettings,
+    amp: bool = False,
+    **hooks: Callable[[int], None],
+) -> Trainer:
+    """The toy model under plain SGD (lr 0.1, no momentum or decay) on one repeated batch."""
     torch.manual_seed(0)
     model = Toy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = build_lr_scheduler(optimizer, max_iter, warmup_iters=0)
+    scheduler = build_lr_scheduler(optimizer, settings.max_iter, warmup_iters=0)
     batch = Batch(
         torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8),
         torch.tensor([[4, 4], [4, 4]]),
         [{"boxes": torch.zeros(0, 4)}, {"boxes": torch.zeros(0, 4)}],
     )
-    settings = LoopSettings(max_iter=max_iter, log_period=5, skip_nonfinite=skip, progress=False)
     device = torch.device("cpu")
     return Trainer(
-        model, ToyCriterion(bad), optimizer, scheduler, itertools.repeat(batch),
-        MixedPrecision(device, enabled=amp), device, settings,
+        model, criterion, optimizer, scheduler, itertools.repeat(batch),
+        MixedPrecision(device, enabled=amp), device, settings, **hooks,
     )  # fmt: skip
+
+
+def _trainer(bad: set[int], max_iter: int, skip: int = 0, amp: bool = False) -> Trainer:
+    settings = LoopSettings(max_iter=max_iter, log_period=5, skip_nonfinite=skip, progress=False)
+    return _toy_trainer(ToyCriterion(bad), settings, amp=amp)
 
 
 def test_non_finite_loss_stops_naming_iteration_and_terms() -> None:
@@ -133,3 +144,66 @@ def test_amp_falls_back_to_float32_on_cpus_without_bf16(monkeypatch: pytest.Monk
     assert not MixedPrecision(cpu, enabled=True).enabled
     with pytest.raises(ValueError, match="fp16 mixed precision needs CUDA"):
         MixedPrecision(cpu, enabled=True, dtype="fp16")
+
+
+class HugeCriterion(nn.Module):
+    """A loss whose gradient norm is about 10⁶ (a spike such as the end of a warmup)."""
+
+    def forward(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, torch.Tensor]:
+        return {"loss_cls": 1e6 * outputs.cls_logits.sum(), "loss_box": outputs.box_deltas.sum()}
+
+
+def _update_norm(clip: float | None) -> tuple[float, float]:
+    """The norm of one SGD step's parameter update, and the logged (pre-clip) gradient norm."""
+    settings = LoopSettings(max_iter=1, log_period=1, clip_grad_norm=clip, progress=False)
+    trainer = _toy_trainer(HugeCriterion(), settings)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    after = list(trainer.model.parameters())
+    update = torch.cat([(a.detach() - b).flatten() for a, b in zip(after, before, strict=True)])
+    return float(update.norm()), trainer.history[0]["grad_norm"]
+
+
+def test_gradient_clipping_bounds_the_update_by_lr_times_max_norm() -> None:
+    norm, grad_norm = _update_norm(clip=1.0)
+    assert grad_norm > 1e5  # logged before clipping
+    # Plain SGD: the update is lr × the clipped gradient, whose norm is exactly max_norm.
+    assert norm == pytest.approx(0.1 * 1.0, rel=1e-4)
+    unclipped, _ = _update_norm(clip=None)
+    assert unclipped == pytest.approx(0.1 * grad_norm, rel=1e-4)
+
+
+def test_hooks_run_at_their_periods_and_at_the_end() -> None:
+    evaluated: list[int] = []
+    saved: list[int] = []
+    settings = LoopSettings(
+        max_iter=7, log_period=5, eval_period=3, checkpoint_period=2, progress=False
+    )
+    trainer = _toy_trainer(
+        ToyCriterion(set()), settings, on_evaluate=evaluated.append, on_checkpoint=saved.append
+    )
+    assert trainer.train() == 7
+    assert evaluated == [3, 6, 7]
+    assert saved == [2, 4, 6, 7]
+    assert [h["iteration"] for h in trainer.history] == [5, 7]
+    # Resumed at 4 completed steps: the periods count from 0, not from the resume point.
+    evaluated.clear(), saved.clear()
+    trainer.train(start_iter=4)
+    assert (evaluated, saved) == ([6, 7], [6, 7])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_iter": 0}, "max_iter must be >= 1, got 0"),
+        ({"log_period": 0}, "log_period must be >= 1, got 0"),
+        ({"eval_period": -1}, "eval_period must be >= 0, got -1"),
+        ({"checkpoint_period": -2}, "checkpoint_period must be >= 0, got -2"),
+        ({"skip_nonfinite": -1}, "skip_nonfinite must be >= 0, got -1"),
+        ({"clip_grad_norm": 0.0}, "clip_grad_norm must be > 0 or null, got 0.0"),
+    ],
+)
+def test_loop_settings_reject_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        LoopSettings(**{"max_iter": 1, **kwargs})
+    assert str(info.value) == message

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector.engine.distributed import all_gather_objects, all_ranks, reduce_mean
+from detector.engine.events import EventWriter
 from detector.engine.precision import MixedPrecision
-from detector.engine.summary import SummaryWriter
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,18 @@ class LoopSettings:
     checkpoint_period: int = 0
     skip_nonfinite: int = 0
     clip_grad_norm: float | None = None
-    channels_last: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.log_period < 1:
+            raise ValueError(f"log_period must be >= 1, got {self.log_period}")
+        for key in ("eval_period", "checkpoint_period", "skip_nonfinite"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
 
 
 def _describe(iteration: int, terms: dict[str, float]) -> str:
@@ -89,7 +99,7 @@ class Trainer:
         settings: LoopSettings,
         on_evaluate: Callable[[int], None] | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
-        writer: SummaryWriter | None = None,
+        writer: EventWriter | None = None,
         is_main: bool = True,
     ) -> None:
         self.model = model
@@ -102,7 +112,7 @@ class Trainer:
         self.settings = settings
         self.on_evaluate = on_evaluate
         self.on_checkpoint = on_checkpoint
-        self.writer = writer or SummaryWriter(None)
+        self.writer = writer or EventWriter(None)
         self.is_main = is_main
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.skipped = 0
@@ -117,8 +127,6 @@ class Trainer:
         """One optimizer step on ``batch``; returns detached losses, ``total`` and, when asked or
         clipping, ``grad_norm`` (before clipping). A skipped step returns ``{}``."""
         images = batch.images.to(self.device, non_blocking=True)
-        if self.settings.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         sizes = batch.image_sizes.to(self.device, non_blocking=True)
         targets = move_targets(batch.targets, self.device)
         with self.precision.autocast():
