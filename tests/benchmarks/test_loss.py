@@ -1,38 +1,66 @@
-"""tools/benchmark.py's argument parsing and loss inputs (the benchmark itself is not a test)."""
+"""detector/benchmarks/loss.py: its arguments from configs/benchmark.yaml, its inputs and its
+table (the benchmark itself is not a test)."""
 
-import importlib.util
-from pathlib import Path
+import inspect
 
 import pytest
 import torch
 
+from detector.benchmarks import loss as benchmark
+from detector.engine.cli import compose_tool, typed_kwargs
+from detector.engine.config import ConfigError
 from losses import BACKGROUND, IGNORE
 
-_PATH = Path(__file__).resolve().parents[2] / "tools" / "benchmark.py"
-_SPEC = importlib.util.spec_from_file_location("benchmark_tool", _PATH)
-benchmark = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(benchmark)
+
+def loss_kwargs(*overrides: str) -> dict:
+    cfg = compose_tool("benchmark", list(overrides))
+    return typed_kwargs(benchmark.run, cfg[cfg.what], cfg.what)
 
 
-def test_parse_args():
-    args = benchmark.parse_args(["what=loss", "threads=2", "json=out.json"])
-    assert args["what"] == "loss" and args["threads"] == "2" and args["json"] == "out.json"
-    assert args["device"] == "cpu" and args["repeats"] == "7"
+def test_arguments():
+    assert compose_tool("benchmark", []).what == "loss"
+    defaults = {k: p.default for k, p in inspect.signature(benchmark.run).parameters.items()}
+    assert loss_kwargs() == defaults == {"device": "cpu", "threads": 0, "repeats": 7, "warmup": 2}
+    kwargs = loss_kwargs("what=loss", "loss.threads=2", "json=out.json")
+    assert kwargs["threads"] == 2 and kwargs["device"] == "cpu" and kwargs["repeats"] == 7
+    assert compose_tool("benchmark", ["json=out.json"]).json == "out.json"
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["what=model"], r"what='model': expected one of \['loss'\]"),
-        (["device=tpu"], "device='tpu': expected cpu or cuda"),
-        (["threads=two"], "threads='two': expected a non-negative integer"),
-        (["speed=fast"], "unknown argument 'speed=fast'"),
-        (["loss"], "unknown argument 'loss'"),
+        (["loss.threads=two"], "loss.threads: Value 'two' of type 'str' could not be converted"),
+        (["speed=fast"], r"unknown key 'speed' \(choose from what, json, loss, model, data\)"),
+        (["loss"], "Error parsing override 'loss'"),
     ],
 )
-def test_parse_args_rejects(argv, message):
+def test_arguments_rejected(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        loss_kwargs(*argv)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "tpu"}, "device must be cpu or cuda, got 'tpu'"),
+        ({"repeats": 0}, "repeats >= 1"),
+        ({"threads": -1}, "threads and warmup must be >= 0"),
+    ],
+)
+def test_run_rejects(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        benchmark.parse_args(argv)
+        benchmark.run(**kwargs)
+
+
+def test_table_relative_to_torchvision():
+    records = [
+        {"shape": [4, 2], "impl": impl, "median_ms": ms, "peak_mib": mib}
+        for impl, ms, mib in (("torchvision_onehot", 2.0, 8.0), ("focaldet_labels", 1.0, 2.0))
+    ]
+    lines = benchmark.format_table({"records": records}).splitlines()
+    assert lines[0] == "| shape | implementation | median ms | peak MiB | time ×tv | mem ×tv |"
+    assert lines[2] == "| (4, 2) | torchvision_onehot | 2.0 | 8.0 | 1.00 | 1.00 |"
+    assert lines[3] == "| (4, 2) | focaldet_labels | 1.0 | 2.0 | 0.50 | 0.25 |"
 
 
 def test_loss_inputs_agree():
