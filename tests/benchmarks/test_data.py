@@ -43,3 +43,18 @@ def test_tiny_run(raccoon: Path) -> None:
     assert lines[0].startswith("decode + transform, 1 thread, 2 images, shorter side 64, max 96,")
     assert lines[3] == "| pipeline | median img/s | passes img/s |"
     assert lines[5].startswith("| focaldet (cv2 + albumentations) | ")
+
+
+def test_config_defaults_are_the_run_defaults() -> None:
+    """configs/benchmark.yaml's data node: the run() defaults, its paths relative to the checkout
+    (where the tool runs) instead of to the module."""
+    import inspect
+
+    from detector.engine.cli import compose_tool, typed_kwargs
+
+    root = Path(__file__).resolve().parents[2]
+    kwargs = typed_kwargs(bench.run, compose_tool("benchmark", ["what=data"]).data, "data")
+    defaults = {k: p.default for k, p in inspect.signature(bench.run).parameters.items()}
+    for key in ("ann_dir", "img_dir"):
+        assert (root / kwargs.pop(key)).resolve() == Path(defaults.pop(key)).resolve()
+    assert kwargs == defaults
