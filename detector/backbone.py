@@ -32,7 +32,9 @@ RESNET_OUT_CHANNELS: dict[int, list[int]] = {
     50: [512, 1024, 2048],
     101: [512, 1024, 2048],
 }
-"""Channels of C3, C4, C5 per ResNet depth (basic blocks below 50, bottlenecks from 50 on)."""
+"""Channels of C3, C4, C5 per ResNet depth: basic blocks below 50, bottlenecks (expansion 4)
+from 50 on. The one table: the config resolver ``${fd.resnet_channels:DEPTH}`` and the
+torchvision converter read it too."""
 
 
 def _norm_layer(norm: str, eps: float) -> Callable[[int], nn.Module]:
@@ -108,7 +110,7 @@ class ResNetBackbone(nn.Module):
     The modules and state-dict keys stay torchvision's.
 
     Input ``(N, 3, H, W)`` normalised images; output strides 8, 16, 32 with ``out_channels``
-    channels (``[128, 256, 512]`` for depth 18/34, ``[512, 1024, 2048]`` for 50/101).
+    channels (``RESNET_OUT_CHANNELS[depth]``).
     """
 
     def __init__(
@@ -143,8 +145,7 @@ class ResNetBackbone(nn.Module):
             resnet.layer3,
             resnet.layer4,
         )
-        expansion = 4 if depth >= 50 else 1
-        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+        self.out_channels = list(RESNET_OUT_CHANNELS[depth])
         if weights is not None:
             self.load_pretrained(weights)
         for module in self._frozen_modules():

@@ -14,6 +14,7 @@ from torch import Tensor
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
 
 from detector.anchors import DEFAULT_RATIOS, DEFAULT_STRIDES, torchvision_anchor_sizes
+from detector.backbone import RESNET_OUT_CHANNELS
 from detector.box_coder import BBOX_XFORM_CLAMP
 from detector.build import build_from_checkpoint
 from detector.checkpoint import FORMAT_VERSION
@@ -21,6 +22,7 @@ from detector.retinanet import IMAGENET_MEAN, IMAGENET_STD
 
 TORCHVISION_NUM_CLASSES = 91
 TORCHVISION_NUM_ANCHORS = 9
+TORCHVISION_DEPTH = 50
 COCO_V1_BN_EPS = 0.0
 """torchvision's published COCO_V1 RetinaNet runs its FrozenBatchNorm with eps = 0
 (``overwrite_eps(model, 0.0)`` in ``retinanet_resnet50_fpn``)."""
@@ -55,7 +57,7 @@ def torchvision_model_config(
         "_target_": "detector.RetinaNet",
         "backbone": {
             "_target_": "detector.ResNetBackbone",
-            "depth": 50,
+            "depth": TORCHVISION_DEPTH,
             "frozen_stages": 1,
             "norm": "frozen_bn",
             "weights": None,
@@ -63,7 +65,7 @@ def torchvision_model_config(
         },
         "fpn": {
             "_target_": "detector.FPN",
-            "in_channels": [512, 1024, 2048],
+            "in_channels": list(RESNET_OUT_CHANNELS[TORCHVISION_DEPTH]),
             "out_channels": 256,
             "p6_from": "p5",
         },
@@ -123,6 +125,23 @@ def _rename(key: str) -> str | None:
     raise ValueError(f"unexpected key {key!r}: not a torchvision retinanet_resnet50_fpn state dict")
 
 
+def focaldet_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision RetinaNet's state dict under focaldet's keys (the one key mapping).
+
+    ``backbone.body.*`` → ``backbone.*``, ``backbone.fpn.*`` → ``fpn.*`` and the two heads'
+    ``conv``/``cls_logits``/``bbox_reg`` → ``cls_subnet``/``cls_score``/``bbox_subnet``/
+    ``bbox_pred`` (old torchvision head layouts too); BatchNorm ``num_batches_tracked`` counters
+    are dropped. Works for any ResNet depth: the module trees match part for part. Tensors are
+    shared, not copied. Raises ValueError on a key outside that tree.
+    """
+    renamed = {}
+    for key, value in state_dict.items():
+        new_key = _rename(key)
+        if new_key is not None:
+            renamed[new_key] = value
+    return renamed
+
+
 def convert_torchvision_state_dict(
     state_dict: dict[str, Tensor], bn_eps: float = COCO_V1_BN_EPS
 ) -> dict[str, Any]:
@@ -149,11 +168,7 @@ def convert_torchvision_state_dict(
             f"= {TORCHVISION_NUM_ANCHORS * TORCHVISION_NUM_CLASSES} classification outputs, "
             f"got {outputs}"
         )
-    converted = {}
-    for key, value in state_dict.items():
-        new_key = _rename(key)
-        if new_key is not None:
-            converted[new_key] = value.detach().clone()
+    converted = {k: v.detach().clone() for k, v in focaldet_state_dict(state_dict).items()}
     ckpt = {
         "format_version": FORMAT_VERSION,
         "model": converted,

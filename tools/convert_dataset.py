@@ -5,55 +5,63 @@
         out=FILE.json
     python tools/convert_dataset.py ... out=DIR/instances.json val_fraction=0.2 [seed=0]
 
-``classes`` is a file with one class name per line (required for YOLO; for VOC it fixes the
-category order, default: sorted names found). With ``val_fraction`` the images are split at
-random (seeded) into ``<out>_train.json`` and ``<out>_val.json``, e.g. ``instances_train.json`` and
-``instances_val.json`` for ``out=instances.json``.
+Keys (configs/convert_dataset.yaml): ``format`` voc or yolo; ``ann_dir`` (VOC XML) or
+``labels_dir`` (YOLO txt); ``img_dir``; ``out``; ``classes`` a file with one class name per line
+(required for YOLO; for VOC it fixes the category order, default: sorted names found). With
+``val_fraction`` the images are split at random (``seed``) into ``<out>_train.json`` and
+``<out>_val.json``, e.g. ``instances_train.json`` and ``instances_val.json`` for
+``out=instances.json``.
 """
-
-from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from data.convert import read_class_names, split_coco, voc_to_coco, write_coco, yolo_to_coco
 from data.validate import DatasetError
+from detector.engine.cli import run_tool, typed_config
+from detector.engine.config import ConfigError
 
 
 @dataclass
-class Config:
+class Args:
+    """The types of configs/convert_dataset.yaml (its values are the defaults)."""
+
     format: str = MISSING
     img_dir: str = MISSING
     out: str = MISSING
-    ann_dir: str | None = None
-    labels_dir: str | None = None
-    classes: str | None = None
-    val_fraction: float | None = None
-    seed: int = 0
+    ann_dir: str | None = MISSING
+    labels_dir: str | None = MISSING
+    classes: str | None = MISSING
+    val_fraction: float | None = MISSING
+    seed: int = MISSING
 
 
-def main(argv: list[str]) -> int:
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_cli(argv))
-    classes = read_class_names(cfg.classes) if cfg.classes else None
+def convert(args: Args) -> dict:
+    """The COCO dict of the annotations ``args`` names (``DatasetError`` on bad input)."""
+    classes = read_class_names(args.classes) if args.classes else None
+    if args.format == "voc":
+        if args.ann_dir is None:
+            raise ConfigError("format=voc needs ann_dir=DIR (the folder of XML files)")
+        return voc_to_coco(args.ann_dir, args.img_dir, classes)
+    if args.format == "yolo":
+        if args.labels_dir is None or classes is None:
+            raise ConfigError("format=yolo needs labels_dir=DIR and classes=NAMES_FILE")
+        return yolo_to_coco(args.labels_dir, args.img_dir, classes)
+    raise ConfigError(f"format must be voc or yolo, not {args.format!r}")
+
+
+def run(cfg: DictConfig) -> int:
+    args = typed_config(Args, cfg, "convert_dataset")
+    out = Path(args.out)
     try:
-        if cfg.format == "voc":
-            if cfg.ann_dir is None:
-                raise DatasetError("format=voc needs ann_dir=DIR (the folder of XML files)")
-            dataset = voc_to_coco(cfg.ann_dir, cfg.img_dir, classes)
-        elif cfg.format == "yolo":
-            if cfg.labels_dir is None or classes is None:
-                raise DatasetError("format=yolo needs labels_dir=DIR and classes=NAMES_FILE")
-            dataset = yolo_to_coco(cfg.labels_dir, cfg.img_dir, classes)
+        dataset = convert(args)
+        if args.val_fraction is None:
+            outputs = {out: dataset}
         else:
-            raise DatasetError(f"format must be voc or yolo, not {cfg.format!r}")
-        if cfg.val_fraction is None:
-            outputs = {Path(cfg.out): dataset}
-        else:
-            out = Path(cfg.out)
-            train, val = split_coco(dataset, cfg.val_fraction, cfg.seed)
+            train, val = split_coco(dataset, args.val_fraction, args.seed)
             outputs = {
                 out.with_name(f"{out.stem}_train{out.suffix}"): train,
                 out.with_name(f"{out.stem}_val{out.suffix}"): val,
@@ -68,6 +76,12 @@ def main(argv: list[str]) -> int:
             f"{len(part['categories'])} categories"
         )
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """Exit status of the tool for the command-line arguments ``argv`` (2: a config error)."""
+    keys = ("img_dir", "out", "ann_dir", "labels_dir", "classes")
+    return run_tool("convert_dataset", run, argv, __doc__, keys)
 
 
 if __name__ == "__main__":

@@ -1,53 +1,41 @@
 """Convert a torchvision ``retinanet_resnet50_fpn`` state dict into a focaldet checkpoint.
 
-Usage: ``python tools/convert_torchvision.py src=TV_STATE_DICT.pth out=CHECKPOINT.pt [bn_eps=0.0]``
+    python tools/convert_torchvision.py src=TV_STATE_DICT.pth out=CHECKPOINT.pt [bn_eps=0.0]
 
-``bn_eps`` is the epsilon of the frozen BatchNorm layers: 0.0 for torchvision's published
-COCO_V1 weights (as ``retinanet_resnet50_fpn`` sets it), 1e-5 for a model built with
-``nn.BatchNorm2d`` defaults. A reference-training checkpoint ``{"model": state_dict, ...}`` is
-accepted too.
+Keys (configs/convert_torchvision.yaml): ``src`` the torchvision state dict (a reference-training
+checkpoint ``{"model": state_dict, ...}`` is accepted too), ``out`` the focaldet checkpoint,
+``bn_eps`` the epsilon of the frozen BatchNorm layers: 0.0 for torchvision's published COCO_V1
+weights (as ``retinanet_resnet50_fpn`` sets it), 1e-5 for a model built with ``nn.BatchNorm2d``
+defaults.
 """
 
-from __future__ import annotations
-
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING, DictConfig
 
 from detector.checkpoint import save_checkpoint
-from detector.torchvision_convert import COCO_V1_BN_EPS, convert_torchvision_state_dict
-
-USAGE = (
-    "usage: python tools/convert_torchvision.py src=TV_STATE_DICT.pth out=CHECKPOINT.pt "
-    "[bn_eps=0.0]"
-)
-KEYS = ("src", "out", "bn_eps")
+from detector.engine.cli import run_tool, typed_config
+from detector.engine.config import ConfigError
+from detector.torchvision_convert import convert_torchvision_state_dict
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments → dict; raises ``SystemExit`` with the usage on bad input."""
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in KEYS:
-            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
-        args[key] = value
-    missing = [k for k in ("src", "out") if not args.get(k)]
-    if missing:
-        raise SystemExit(f"missing {', '.join(missing)}\n{USAGE}")
-    return args
+@dataclass
+class Args:
+    """The types of configs/convert_torchvision.yaml (its values are the defaults)."""
+
+    src: str = MISSING
+    out: str = MISSING
+    bn_eps: float = MISSING
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    src, out = Path(args["src"]), Path(args["out"])
-    try:
-        bn_eps = float(args.get("bn_eps", COCO_V1_BN_EPS))
-    except ValueError:
-        raise SystemExit(f"bn_eps must be a number, got {args['bn_eps']!r}") from None
+def run(cfg: DictConfig) -> int:
+    args = typed_config(Args, cfg, "convert_torchvision")
+    src, out = Path(args.src), Path(args.out)
     if not src.is_file():
-        raise SystemExit(f"{src}: no such file")
+        raise ConfigError(f"src: {src}: no such file")
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
@@ -55,12 +43,17 @@ def main(argv: list[str]) -> int:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     try:
-        ckpt = convert_torchvision_state_dict(state, bn_eps=bn_eps)
+        ckpt = convert_torchvision_state_dict(state, bn_eps=args.bn_eps)
     except ValueError as e:
         raise SystemExit(f"{src}: {e}") from e
     save_checkpoint(out, ckpt)
     print(f"wrote {out} ({len(ckpt['classes'])} classes)")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """Exit status of the tool for the command-line arguments ``argv`` (2: a config error)."""
+    return run_tool("convert_torchvision", run, argv, __doc__, ("src", "out"))
 
 
 if __name__ == "__main__":

@@ -24,18 +24,13 @@ from data.loader import build_test_loader
 from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
-from detector.engine.config import (
-    exit_on_config_error,
-    preflight,
-    quote_path_arguments,
-    validate_evaluate,
-)
+from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.config import exit_on_config_error, validate_evaluate
 from detector.engine.distributed import cleanup, init_distributed
 from detector.engine.evaluator import evaluate, format_summary
 from detector.engine.events import write_metrics
 from detector.engine.precision import MixedPrecision
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.getLogger("focaldet.evaluate")
 
 
@@ -89,6 +84,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_path_arguments(sys.argv[1:], ("checkpoint",))
-    exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "evaluate", validate_evaluate)
+    preflight_argv("evaluate", validate_evaluate, ("checkpoint",))
     main()

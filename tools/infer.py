@@ -24,17 +24,12 @@ from data.decode import ImageDecodeError, read_image
 from data.transforms import build_transforms
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
-from detector.engine.config import (
-    exit_on_config_error,
-    preflight,
-    quote_path_arguments,
-    validate_infer,
-)
+from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.config import exit_on_config_error, validate_infer
 from detector.engine.distributed import resolve_device
 from detector.engine.evaluator import to_coco_results
 from detector.engine.visualize import draw_detections
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -109,6 +104,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_path_arguments(sys.argv[1:], ("checkpoint", "input", "output"))
-    exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "infer", validate_infer)
+    preflight_argv("infer", validate_infer, ("checkpoint", "input", "output"))
     main()

@@ -20,18 +20,10 @@ from data.synthetic import ensure_synthetic
 from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
-from detector.engine.config import (
-    ConfigError,
-    existing_path,
-    exit_on_config_error,
-    preflight,
-    quote_path_arguments,
-    validate_data,
-)
+from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.config import ConfigError, existing_path, exit_on_config_error, validate_data
 from detector.engine.distributed import resolve_device
 from detector.paper.loss_cdf import collect, labeler_from_config, plot, summary
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -77,6 +69,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_path_arguments(sys.argv[1:], ("checkpoint", "out"))
-    exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "loss_cdf", validate)
+    preflight_argv("loss_cdf", validate, ("checkpoint", "out"))
     main()

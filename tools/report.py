@@ -1,10 +1,11 @@
-"""Tabulate loss-comparison sweeps: ``python tools/report.py RUNS_DIR [out=DIR]``.
+"""Tabulate loss-comparison sweeps: ``python tools/report.py runs=RUNS_DIR [out=DIR]``.
 
-Reads every run under RUNS_DIR (``config.yaml`` + ``metrics.json``, as ``tools/train.py -m
-+experiment=...`` leaves them), and writes to DIR (default ``RUNS_DIR/report``): ``report.md``
-with Table 1a–d, Appendix A and the prior ablation in the paper's layout (mean ± std over seeds,
-the paper's AP beside ours), AP plots as PNG, and TensorBoard HParams under ``DIR/tensorboard``.
-See docs/reproduction.md.
+Keys (configs/report.yaml): ``runs`` the folder of runs, ``out`` the report folder (default
+``RUNS_DIR/report``). Reads every run under RUNS_DIR (``config.yaml`` + ``metrics.json``, as
+``tools/train.py -m +experiment=...`` leaves them), and writes to DIR: ``report.md`` with Table
+1a–d, Appendix A and the prior ablation in the paper's layout (mean ± std over seeds, the paper's
+AP beside ours), AP plots as PNG, and TensorBoard HParams under ``DIR/tensorboard``. See
+docs/reproduction.md.
 """
 
 from __future__ import annotations
@@ -12,23 +13,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from detector.engine.cli import run_tool
 from detector.paper.report import ReportError, write_report
 
-USAGE = "usage: python tools/report.py RUNS_DIR [out=DIR]"
 
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n\n" + USAGE)
-        return 0 if argv else 2
-    runs_dir, options = Path(argv[0]), argv[1:]
-    out_dir = runs_dir / "report"
-    for option in options:
-        key, sep, value = option.partition("=")
-        if key != "out" or not sep or not value:
-            print(f"focaldet: unknown argument {option!r}; {USAGE}", file=sys.stderr)
-            return 2
-        out_dir = Path(value)
+def run(cfg: DictConfig) -> int:
+    runs_dir = Path(str(cfg.runs))
+    out_dir = runs_dir / "report" if cfg.out is None else Path(str(cfg.out))
     try:
         path = write_report(runs_dir, out_dir)
     except ReportError as e:
@@ -37,6 +30,11 @@ def main(argv: list[str]) -> int:
     print(path.read_text(), end="")
     print(f"wrote {path}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """Exit status of the tool for the command-line arguments ``argv`` (2: a config error)."""
+    return run_tool("report", run, argv, __doc__, ("runs", "out"))
 
 
 if __name__ == "__main__":

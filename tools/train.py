@@ -18,12 +18,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from data.validate import DatasetError
-from detector.engine.config import exit_on_config_error, preflight, register_resolvers
+from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.config import exit_on_config_error, register_resolvers, validate_config
 from detector.engine.events import write_metrics
 from detector.engine.loop import NonFiniteLossError
 from detector.engine.run import run_training
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 logger = logging.getLogger("focaldet.train")
 
 
@@ -54,5 +54,5 @@ if __name__ == "__main__":
         # use rank 0's run directory (broadcast in run_training).
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     else:
-        exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, "train")
+        preflight_argv("train", validate_config)
     main()

@@ -147,14 +147,14 @@ def test_hparams_are_readable(runs: Path, tmp_path: Path) -> None:
 def test_cli(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "report.py"), str(runs), f"out={out}"],
+        [sys.executable, str(ROOT / "tools" / "report.py"), f"runs={runs}", f"out={out}"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "| 0.25 | 0 | 11.0 ± 1.4 |" in done.stdout
     assert (out / "report.md").is_file()
     bad = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "report.py"), str(tmp_path / "nope")],
+        [sys.executable, str(ROOT / "tools" / "report.py"), f"runs={tmp_path / 'nope'}"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1

@@ -1,25 +1,17 @@
-"""tools/benchmark_model.py: the two models it compares compute the same function, and a tiny
-run produces the table and JSON-able record (the figures themselves are not tested)."""
+"""detector/benchmarks/model.py: the two models it compares compute the same function, and a
+tiny run produces the table and JSON-able record (the figures themselves are not tested)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "benchmark_model.py"
+from detector.benchmarks import model as bm
+from detector.engine.cli import compose_tool, typed_kwargs
+from detector.engine.config import ConfigError
 
 
-@pytest.fixture(scope="module")
-def bm():
-    spec = importlib.util.spec_from_file_location("benchmark_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_both_models_compute_the_same_function(bm):
+def test_both_models_compute_the_same_function():
     tv, ours, _, post = bm.build_pair(depth=18, size=128, num_classes=3)
     tv.eval(), ours.eval()
     images, _ = bm.make_inputs(batch=2, size=128, num_classes=3, device=torch.device("cpu"))
@@ -41,7 +33,7 @@ def test_both_models_compute_the_same_function(bm):
     assert ours.backbone.layer2[0].conv1.weight.requires_grad
 
 
-def test_tiny_run_table_and_json(bm, tmp_path, capsys):
+def test_tiny_run_table_and_json():
     result = bm.run(
         depth=18, size=128, batch=1, num_classes=3, iters=2, warmup=1, memory=False, threads=1
     )
@@ -55,39 +47,40 @@ def test_tiny_run_table_and_json(bm, tmp_path, capsys):
         assert ratio["time"] == pytest.approx(mine["median_s"] / theirs["median_s"])
     assert result["config"]["depth"] == 18 and result["meta"]["torch"] == torch.__version__
     table = bm.format_table(result).splitlines()
-    assert len(table) == 5 and table[0].split()[:3] == ["mode", "implementation", "median"]
+    assert len(table) == 6 and table[0].split(" | ")[:3] == ["| mode", "implementation", "median s"]
+    assert table[2].startswith("| infer | focaldet | ")
     json.dumps(result)
-    out = tmp_path / "model.json"
-    assert (
-        bm.main(
-            [
-                "depth=18",
-                "size=128",
-                "batch=1",
-                "num_classes=3",
-                "iters=1",
-                "warmup=0",
-                "memory=false",
-                "threads=1",
-                f"json={out}",
-            ]
-        )
-        == 0
+
+
+def model_kwargs(*overrides: str) -> dict:
+    """The ``model`` node of configs/benchmark.yaml with ``overrides``, as ``run``'s kwargs."""
+    return typed_kwargs(
+        bm.run, compose_tool("benchmark", ["what=model", *overrides]).model, "model"
     )
-    assert json.loads(out.read_text())["config"]["size"] == 128
-    assert "infer  focaldet" in capsys.readouterr().out
 
 
-def test_bad_arguments(bm, capsys):
-    with pytest.raises(ValueError, match="unknown argument 'dpeth=50'"):
-        bm.parse_args(["dpeth=50"])
-    with pytest.raises(ValueError, match="amp='maybe': expected true or false"):
-        bm.parse_args(["amp=maybe"])
-    with pytest.raises(ValueError, match="iters='x': expected a non-negative integer"):
-        bm.parse_args(["iters=x"])
+def test_config_defaults_are_the_run_defaults():
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(bm.run).parameters.items()}
+    assert model_kwargs() == defaults
+
+
+def test_bad_arguments():
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'model.dpeth' \(choose from model.depth, model.size,"
+    ):
+        model_kwargs("model.dpeth=50")
+    with pytest.raises(ConfigError, match=r"model.amp: Value 'maybe' is not a valid bool"):
+        model_kwargs("model.amp=maybe")
+    with pytest.raises(ConfigError, match=r"model.iters: Value 'x' .* could not be converted"):
+        model_kwargs("model.iters=x")
+    assert model_kwargs("model.iters=3", "model.amp=true")["iters"] == 3
     with pytest.raises(ValueError, match="size must be a positive multiple of 128"):
         bm.run(size=100)
     with pytest.raises(ValueError, match="depth must be 18, 34, 50 or 101"):
         bm.run(depth=152)
-    assert bm.main(["device=tpu"]) == 2
-    assert "device must be cpu or cuda" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        bm.run(device="tpu")
+    with pytest.raises(ValueError, match="iters must be >= 1 and warmup >= 0, got 2, 80, 2, 0, 2"):
+        bm.run(iters=0)

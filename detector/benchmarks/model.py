@@ -1,10 +1,6 @@
-"""focaldet's RetinaNet side by side with torchvision's: training-step time, inference time and
-peak memory, in one process, alternating the two after a warm-up.
-
-Usage (``key=value`` arguments, all optional)::
-
-    python tools/benchmark_model.py depth=50 size=512 batch=2 num_classes=80 threads=2 \\
-        device=cpu amp=false compile=false iters=10 warmup=2 memory=true json=model.json
+"""Model benchmark (``what=model``): focaldet's RetinaNet side by side with torchvision's,
+training-step time, inference time and peak memory, in one process, alternating the two after a
+warm-up.
 
 The two models compute the same function. torchvision's is built as ``retinanet_resnet50_fpn``
 builds it but for ``depth``, ``num_classes`` and ``size``: ``resnet{depth}`` with
@@ -15,7 +11,8 @@ max_size=size)``. focaldet's is ``ResNetBackbone(depth, frozen_stages=1, norm="f
 (α = 0.25, γ = 2) and an L1 box loss (``SmoothL1BoxLoss(beta=0)``) as torchvision's, and the
 paper's post-processing (score 0.05, 1000 candidates per level, NMS 0.5, 100 detections), as
 torchvision's (told ``detections_per_img=100``; it defaults to 300). torchvision's weights (its
-own initialisation) are copied into focaldet's, and the classification layer's weights are
+own initialisation) are copied into focaldet's (``focaldet_state_dict``, the converter's key
+mapping), and the classification layer's weights are
 redrawn with a larger spread (``CLS_WEIGHT_STD``) so that, as with a trained detector, many
 scores pass the 0.05 threshold and both post-processors do real top-k and NMS work; the result
 records the detection counts and the largest score difference as a check that both compute the
@@ -40,15 +37,11 @@ permitted): everything the process held, libraries and the model's weights inclu
 
 from __future__ import annotations
 
-import datetime
 import gc
-import json
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -71,16 +64,24 @@ from detector import (
     RetinaNetPostProcessor,
 )
 from detector.anchors import torchvision_anchor_sizes
+from detector.backbone import RESNET_OUT_CHANNELS
+from detector.benchmarks.common import (
+    KIB,
+    MIB,
+    check_device,
+    cuda_peak_bytes,
+    in_fresh_process,
+    machine,
+    markdown_table,
+    resident_set_kib,
+    time_steps,
+)
+from detector.torchvision_convert import focaldet_state_dict
 from losses import FocalLoss, SmoothL1BoxLoss
-
-# The sibling tools/benchmark.py, also when this file is loaded by path rather than run.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import MIB, cpu_name, in_fresh_process, resident_set_kib  # noqa: E402
 
 IMPLS = ("focaldet", "torchvision")
 MODES = ("infer", "train")
 """Inference first, while both models still hold the same weights."""
-KIB = 1 << 10
 FPN_CHANNELS = 256
 TRAINABLE_LAYERS = 3
 """res3–res5 train, the stem and res2 are frozen: torchvision's default and the paper's."""
@@ -125,20 +126,6 @@ def build_focaldet(
     return model, criterion, RetinaNetPostProcessor(BoxCoder())
 
 
-def copy_torchvision_weights(tv: TorchvisionRetinaNet, ours: RetinaNet) -> None:
-    """Load ``tv``'s weights into ``ours`` (the module trees match part for part)."""
-    pairs = (
-        (ours.backbone, tv.backbone.body),
-        (ours.fpn, tv.backbone.fpn),
-        (ours.head.cls_subnet, tv.head.classification_head.conv),
-        (ours.head.cls_score, tv.head.classification_head.cls_logits),
-        (ours.head.bbox_subnet, tv.head.regression_head.conv),
-        (ours.head.bbox_pred, tv.head.regression_head.bbox_reg),
-    )
-    for dst, src in pairs:
-        dst.load_state_dict(src.state_dict(), strict=True)
-
-
 def build_pair(
     depth: int, size: int, num_classes: int
 ) -> tuple[TorchvisionRetinaNet, RetinaNet, RetinaNetCriterion, RetinaNetPostProcessor]:
@@ -149,7 +136,7 @@ def build_pair(
     with torch.no_grad():
         tv.head.classification_head.cls_logits.weight.normal_(0.0, CLS_WEIGHT_STD)
     ours, criterion, post = build_focaldet(depth, num_classes)
-    copy_torchvision_weights(tv, ours)
+    ours.load_state_dict(focaldet_state_dict(tv.state_dict()), strict=True)
     return tv, ours, criterion, post
 
 
@@ -216,32 +203,6 @@ def make_step(
     return train
 
 
-def time_steps(
-    steps: dict[str, Callable[[], object]], device: torch.device, iters: int, warmup: int
-) -> dict[str, dict[str, list[float]]]:
-    """Wall and process CPU seconds of each step per call: ``{name: {"wall": […], "cpu": […]}}``.
-
-    After ``warmup`` calls of each, the steps alternate ``iters`` times, the first of the pair
-    alternating, so that a slow spell of a shared machine hits both alike.
-    """
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names}
-    for i in range(iters):
-        for name in names if i % 2 == 0 else names[::-1]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            steps[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name]["wall"].append(time.perf_counter() - wall)
-            times[name]["cpu"].append(time.process_time() - cpu)
-    return times
-
-
 def compare_detections(ours: list[dict], theirs: list[dict]) -> dict:
     """Detection counts per image and the largest score difference (over the common prefix of
     the score-sorted lists): the check that both models compute the same thing."""
@@ -289,13 +250,51 @@ def peak_memory(
 ) -> int:
     """Peak memory in bytes of ``impl``'s ``mode`` step (see the module docstring)."""
     if device.type == "cuda":
-        step()
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
+        return cuda_peak_bytes(step, device)[1]
     return in_fresh_process(_cpu_peak_worker, impl, mode, config)
+
+
+def _measure(
+    mode: str,
+    steps: dict[str, Callable[[], object]],
+    dev: torch.device,
+    memory: bool,
+    config: dict,
+) -> dict[str, Any]:
+    """Times (and peak memory) of both implementations' ``mode`` steps, and their ratios."""
+    times = time_steps(steps, dev, config["iters"], config["warmup"], swap_order=True)
+    results: dict[str, Any] = {}
+    for impl in IMPLS:
+        record = {
+            "median_s": statistics.median(times[impl]["wall"]),
+            "times_s": times[impl]["wall"],
+        }
+        if dev.type == "cpu":
+            record["cpu_median_s"] = statistics.median(times[impl]["cpu"])
+            record["cpu_times_s"] = times[impl]["cpu"]
+        if memory:
+            record["peak_mib"] = peak_memory(impl, mode, steps[impl], dev, config) / MIB
+        results[impl] = record
+    ours_r, tv_r = results["focaldet"], results["torchvision"]
+    ratio = {"time": ours_r["median_s"] / tv_r["median_s"]}
+    if dev.type == "cpu":
+        ratio["cpu_time"] = ours_r["cpu_median_s"] / tv_r["cpu_median_s"]
+    if memory:
+        ratio["peak_memory"] = ours_r["peak_mib"] / tv_r["peak_mib"]
+    results["ratio"] = ratio
+    return results
+
+
+def _check_args(depth: int, size: int, counts: dict[str, int], warmup: int) -> None:
+    if depth not in RESNET_OUT_CHANNELS:
+        raise ValueError(f"depth must be 18, 34, 50 or 101, got {depth}")
+    if size % 128 or size <= 0:
+        raise ValueError(f"size must be a positive multiple of 128 (the P7 stride), got {size}")
+    if min(counts.values()) < 1 or warmup < 0:
+        raise ValueError(
+            f"{', '.join(list(counts)[:-1])} and {list(counts)[-1]} must be >= 1 and warmup >= 0,"
+            f" got {', '.join(str(v) for v in counts.values())}, {warmup}"
+        )
 
 
 def run(
@@ -310,7 +309,7 @@ def run(
     iters: int = 10,
     warmup: int = 2,
     memory: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Benchmark both RetinaNets; a JSON-able dict ``{"meta", "config", "check", "results"}``.
 
     ``results[mode][impl]`` holds ``median_s``, ``times_s``, ``cpu_median_s``, ``cpu_times_s``
@@ -318,20 +317,9 @@ def run(
     focaldet / torchvision for the median time and the peak memory. ``amp`` runs both under
     bfloat16 autocast, ``compile`` wraps both networks in ``torch.compile``.
     """
-    if depth not in (18, 34, 50, 101):
-        raise ValueError(f"depth must be 18, 34, 50 or 101, got {depth}")
-    if size % 128 or size <= 0:
-        raise ValueError(f"size must be a positive multiple of 128 (the P7 stride), got {size}")
-    if batch < 1 or num_classes < 1 or threads < 1 or iters < 1 or warmup < 0:
-        raise ValueError(
-            "batch, num_classes, threads and iters must be >= 1 and warmup >= 0, got "
-            f"{batch}, {num_classes}, {threads}, {iters}, {warmup}"
-        )
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but torch.cuda.is_available() is False")
+    counts = {"batch": batch, "num_classes": num_classes, "threads": threads, "iters": iters}
+    _check_args(depth, size, counts, warmup)
+    dev = check_device(device)
     torch.set_num_threads(threads)
     config = {
         "depth": depth,
@@ -361,118 +349,27 @@ def run(
         }
         if mode == "infer":
             check = compare_detections(steps["focaldet"](), steps["torchvision"]())
-        times = time_steps(steps, dev, iters, warmup)
-        results[mode] = {}
-        for impl in IMPLS:
-            record = {
-                "median_s": statistics.median(times[impl]["wall"]),
-                "times_s": times[impl]["wall"],
-            }
-            if dev.type == "cpu":
-                record["cpu_median_s"] = statistics.median(times[impl]["cpu"])
-                record["cpu_times_s"] = times[impl]["cpu"]
-            if memory:
-                record["peak_mib"] = peak_memory(impl, mode, steps[impl], dev, config) / MIB
-            results[mode][impl] = record
-        ours_r, tv_r = results[mode]["focaldet"], results[mode]["torchvision"]
-        ratio = {"time": ours_r["median_s"] / tv_r["median_s"]}
-        if dev.type == "cpu":
-            ratio["cpu_time"] = ours_r["cpu_median_s"] / tv_r["cpu_median_s"]
-        if memory:
-            ratio["peak_memory"] = ours_r["peak_mib"] / tv_r["peak_mib"]
-        results[mode]["ratio"] = ratio
+        results[mode] = _measure(mode, steps, dev, memory, config)
         del steps
-    meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "hardware": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "load_average": _load_average(),
-    }
-    return {"meta": meta, "config": config, "check": check, "results": results}
+    return {"meta": machine(dev), "config": config, "check": check, "results": results}
 
 
-def _load_average() -> list[float] | None:
-    try:
-        with open("/proc/loadavg") as f:
-            return [float(v) for v in f.read().split()[:3]]
-    except OSError:
-        return None
-
-
-def format_table(result: dict) -> str:
-    """The results as a text table, one row per (mode, implementation), with the ratios."""
-    config, results = result["config"], result["results"]
-    cpu = config["device"] == "cpu"
-    head = f"{'mode':<6} {'implementation':<12} {'median s':>9}"
-    head += f" {'cpu s':>8}" if cpu else ""
-    head += f" {'peak MiB':>9} {'time ×tv':>9}" + (f" {'cpu ×tv':>8}" if cpu else "")
-    head += f" {'mem ×tv':>8}"
-    lines = [head]
+def format_table(result: dict[str, Any]) -> str:
+    """A markdown table, one row per (mode, implementation), the ratios on focaldet's rows."""
+    cpu = result["config"]["device"] == "cpu"
+    header = ["mode", "implementation", "median s"] + (["cpu s"] if cpu else [])
+    header += ["peak MiB", "time ×tv"] + (["cpu ×tv"] if cpu else []) + ["mem ×tv"]
+    rows = []
     for mode in MODES:
-        ratio = results[mode]["ratio"]
+        ratio = result["results"][mode]["ratio"]
         for impl in IMPLS:
-            r = results[mode][impl]
+            r = result["results"][mode][impl]
             ours = impl == "focaldet"
-            line = f"{mode:<6} {impl:<12} {r['median_s']:>9.3f}"
-            line += f" {r['cpu_median_s']:>8.3f}" if cpu else ""
-            line += f" {r['peak_mib']:>9.0f}" if "peak_mib" in r else f" {'-':>9}"
-            line += f" {ratio['time']:>9.3f}" if ours else f" {'':>9}"
-            if cpu:
-                line += f" {ratio['cpu_time']:>8.3f}" if ours else f" {'':>8}"
-            line += f" {ratio['peak_memory']:>8.3f}" if ours and "peak_memory" in ratio else ""
-            lines.append(line)
-    return "\n".join(lines)
-
-
-_INT_ARGS = ("depth", "size", "batch", "num_classes", "threads", "iters", "warmup")
-_BOOL_ARGS = ("amp", "compile", "memory")
-_BOOLS = {"true": True, "1": True, "false": False, "0": False}
-
-
-def parse_args(argv: list[str]) -> tuple[dict, str]:
-    """``key=value`` arguments → keyword arguments of ``run`` and the JSON path (or "")."""
-    kwargs: dict = {}
-    json_path = ""
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in (*_INT_ARGS, *_BOOL_ARGS, "device", "json"):
-            raise ValueError(
-                f"unknown argument {arg!r}: expected key=value with key in "
-                f"{sorted((*_INT_ARGS, *_BOOL_ARGS, 'device', 'json'))}"
-            )
-        if key in _INT_ARGS:
-            if not value.isdigit():
-                raise ValueError(f"{key}={value!r}: expected a non-negative integer")
-            kwargs[key] = int(value)
-        elif key in _BOOL_ARGS:
-            if value.lower() not in _BOOLS:
-                raise ValueError(f"{key}={value!r}: expected true or false")
-            kwargs[key] = _BOOLS[value.lower()]
-        elif key == "device":
-            kwargs[key] = value
-        else:
-            json_path = value
-    return kwargs, json_path
-
-
-def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        kwargs, json_path = parse_args(argv)
-        result = run(**kwargs)
-    except ValueError as err:
-        print(f"benchmark_model.py: {err}", file=sys.stderr)
-        return 2
-    result["meta"]["command"] = "python tools/benchmark_model.py " + " ".join(argv)
-    print(json.dumps({**result["meta"], **result["config"], **result["check"]}))
-    print(format_table(result))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+            row = [mode, impl, f"{r['median_s']:.3f}"]
+            row += [f"{r['cpu_median_s']:.3f}"] if cpu else []
+            row += [f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"]
+            row += [f"{ratio['time']:.3f}" if ours else ""]
+            row += [f"{ratio['cpu_time']:.3f}" if ours else ""] if cpu else []
+            row += [f"{ratio['peak_memory']:.3f}" if ours and "peak_memory" in ratio else ""]
+            rows.append(row)
+    return markdown_table(header, rows)

@@ -1,7 +1,5 @@
-"""Data-pipeline benchmark: decode + train transform throughput of one worker (img/s).
-
-    python tools/benchmark_data.py [ann_dir=...] [img_dir=...] [short_size=800] [max_size=1333]
-                                   [passes=7] [limit=0] [pil=true]
+"""Data-pipeline benchmark (``what=data``): decode + train transform throughput of one worker
+(img/s).
 
 Runs, side by side in one process on one thread (``torch.set_num_threads(1)``,
 ``cv2.setNumThreads(1)``: the figure of one DataLoader worker), equivalent pipelines over the same
@@ -30,20 +28,16 @@ reported.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import torch
 import torchvision
-from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -52,8 +46,10 @@ from torchvision.transforms.v2 import functional as F
 from data.coco import CocoDetection
 from data.convert import voc_to_coco
 from data.transforms import build_transforms, resized_shape
+from detector.benchmarks.common import machine, markdown_table
 
-RACCOON = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "raccoon"
+RACCOON = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "raccoon"
+"""The shared raccoon photos beside the checkout (VOC XML), the default data."""
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 """image uint8 (3, H, W), boxes float32 (M, 4) xyxy, labels int64 (M,), iscrowd bool (M,)."""
@@ -185,39 +181,64 @@ def check_equivalent(
     return worst
 
 
+def _subset(ann_dir: Path, img_dir: Path, limit: int) -> dict:
+    """The VOC set as a COCO dict, its first ``limit`` images only when ``limit`` > 0."""
+    coco = voc_to_coco(ann_dir, img_dir)
+    if limit > 0:
+        coco["images"] = coco["images"][:limit]
+        kept = {image["id"] for image in coco["images"]}
+        coco["annotations"] = [ann for ann in coco["annotations"] if ann["image_id"] in kept]
+    return coco
+
+
+def _time_passes(pipelines: dict[str, Callable[[int], Sample]], count: int, passes: int):
+    """Images per second of each pipeline per pass, the order rotated each pass."""
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    names = list(pipelines)
+    for index in range(passes):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            pipeline = pipelines[name]
+            start = time.perf_counter()
+            for image_index in range(count):
+                pipeline(image_index)
+            rates[name].append(count / (time.perf_counter() - start))
+    return rates
+
+
 def run(
-    ann_dir: str | Path = RACCOON / "annotations",
-    img_dir: str | Path = RACCOON / "images",
+    ann_dir: str = str(RACCOON / "annotations"),
+    img_dir: str = str(RACCOON / "images"),
     short_size: int = 800,
     max_size: int = 1333,
     passes: int = 7,
     limit: int = 0,
     pil: bool = True,
-) -> dict[str, float]:
-    """Median-pass images per second of each pipeline on one thread; prints a table too."""
+) -> dict[str, Any]:
+    """Median-pass images per second of each pipeline on one thread.
+
+    Returns ``{"meta", "config", "check", "results"}``: ``check`` holds the image counts and the
+    largest mean pixel difference found; ``results[pipeline]`` the ``median_img_s`` and the
+    ``passes_img_s`` of every pass.
+    """
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    img_dir = Path(img_dir)
-    coco = voc_to_coco(Path(ann_dir), img_dir)
-    if limit > 0:
-        coco["images"] = coco["images"][:limit]
-        kept = {image["id"] for image in coco["images"]}
-        coco["annotations"] = [ann for ann in coco["annotations"] if ann["image_id"] in kept]
+    img_root = Path(img_dir)
+    coco = _subset(Path(ann_dir), img_root, limit)
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "instances.json"
         ann_file.write_text(json.dumps(coco))
 
         def build(flip_p: float) -> dict[str, Callable[[int], Sample]]:
-            ours, count = focaldet_pipeline(ann_file, img_dir, short_size, max_size, flip_p)
+            ours, count = focaldet_pipeline(ann_file, img_root, short_size, max_size, flip_p)
             pipelines = {
                 "focaldet (cv2 + albumentations)": ours,
                 "torchvision.io + transforms.v2": torchvision_pipeline(
-                    ann_file, img_dir, short_size, max_size, flip_p, use_pil=False
+                    ann_file, img_root, short_size, max_size, flip_p, use_pil=False
                 ),
             }
             if pil:
                 pipelines["PIL + transforms.v2"] = torchvision_pipeline(
-                    ann_file, img_dir, short_size, max_size, flip_p, use_pil=True
+                    ann_file, img_root, short_size, max_size, flip_p, use_pil=True
                 )
             return pipelines
 
@@ -232,51 +253,41 @@ def run(
             check_equivalent(build(flip_p), count, downscaled) for flip_p in (0.0, 1.0)
         )
         torch.manual_seed(0)
-        pipelines = build(0.5)
-        rates: dict[str, list[float]] = {name: [] for name in pipelines}
-        names = list(pipelines)
-        for index in range(passes):
-            for name in names[index % len(names) :] + names[: index % len(names)]:
-                pipeline = pipelines[name]
-                start = time.perf_counter()
-                for image_index in range(count):
-                    pipeline(image_index)
-                rates[name].append(count / (time.perf_counter() - start))
-    load = os.getloadavg()
-    print(
-        f"decode + transform, 1 thread, {count} images, shorter side {short_size}, max {max_size},"
-        f" median of {passes} alternating passes (load average {load[0]:.2f} {load[1]:.2f})"
+        rates = _time_passes(build(0.5), count, passes)
+    config = {"ann_dir": str(ann_dir), "img_dir": str(img_dir), "short_size": short_size,
+              "max_size": max_size, "passes": passes, "limit": limit, "pil": pil}  # fmt: skip
+    check = {"images": count, "downscaled": len(downscaled), "max_mean_pixel_diff": pixel_diff}
+    results = {
+        name: {"median_img_s": statistics.median(values), "passes_img_s": values}
+        for name, values in rates.items()
+    }
+    meta = machine(torch.device("cpu"))
+    return {"meta": meta, "config": config, "check": check, "results": results}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """What was measured and checked, then a markdown table of the rates."""
+    config, check = result["config"], result["check"]
+    load = result["meta"]["load_average"]
+    count, downscaled = check["images"], check["downscaled"]
+    lines = [
+        f"decode + transform, 1 thread, {count} images, shorter side {config['short_size']},"
+        f" max {config['max_size']}, median of {config['passes']} alternating passes"
+        f" (load average {load[0]:.2f} {load[1]:.2f})",
+        f"outputs checked equal: shapes, boxes, labels; pixels on the {count - downscaled}"
+        f" upscaled images (largest mean |difference| {check['max_mean_pixel_diff']:.3f};"
+        f" {downscaled} downscaled, where transforms.v2 antialiases)",
+    ]
+    rows = [
+        [
+            name,
+            f"{r['median_img_s']:.1f}",
+            f"{min(r['passes_img_s']):.1f}–{max(r['passes_img_s']):.1f}",
+        ]
+        for name, r in result["results"].items()
+    ]
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + markdown_table(["pipeline", "median img/s", "passes img/s"], rows)
     )
-    print(
-        f"outputs checked equal: shapes, boxes, labels; pixels on the {count - len(downscaled)}"
-        f" upscaled images (largest mean |difference| {pixel_diff:.3f}; {len(downscaled)}"
-        " downscaled, where transforms.v2 antialiases)"
-    )
-    medians = {name: statistics.median(values) for name, values in rates.items()}
-    for name, values in rates.items():
-        print(
-            f"  {name:34s} {medians[name]:7.1f} img/s  (passes {min(values):.1f}–{max(values):.1f})"
-        )
-    return medians
-
-
-@dataclass
-class Config:
-    ann_dir: str = str(RACCOON / "annotations")
-    img_dir: str = str(RACCOON / "images")
-    short_size: int = 800
-    max_size: int = 1333
-    passes: int = 7
-    limit: int = 0
-    pil: bool = True
-
-
-def main(argv: list[str]) -> int:
-    """``key=value`` arguments over :class:`Config`, then :func:`run`."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_cli(argv))
-    run(**OmegaConf.to_container(cfg))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
