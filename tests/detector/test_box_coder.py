@@ -55,3 +55,26 @@ def test_broadcasts_over_images():
     batched = BoxCoder().decode(anchors, deltas)
     assert batched.shape == (3, 7, 4)
     torch.testing.assert_close(batched[1], BoxCoder().decode(anchors, deltas[1]))
+
+
+def test_hand_computed_deltas_with_weights():
+    # Anchor centre (5, 10), size 10 x 20; box centre (15, 40), size 20 x 80: unweighted deltas
+    # (1, 1.5, log 2, log 4). Each weight multiplies its own delta on encode, divides on decode.
+    anchor = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
+    box = torch.tensor([[5.0, 0.0, 25.0, 80.0]])
+    coder = BoxCoder((2.0, 3.0, 4.0, 5.0))
+    deltas = coder.encode(anchor, box)
+    expected = torch.tensor([[2 * 1.0, 3 * 1.5, 4 * math.log(2.0), 5 * math.log(4.0)]])
+    torch.testing.assert_close(deltas, expected)
+    torch.testing.assert_close(coder.decode(anchor, expected), box)
+
+
+def test_matches_torchvision_box_coder_with_weights():
+    anchors, boxes = _boxes(40, 6), _boxes(40, 7)
+    weights = (10.0, 10.0, 5.0, 5.0)  # Faster R-CNN's, unlike RetinaNet's ones
+    tv, ours = TVBoxCoder(weights=weights), BoxCoder(weights)
+    torch.testing.assert_close(ours.encode(anchors, boxes), tv.encode_single(boxes, anchors))
+    deltas = torch.randn(40, 4, generator=torch.Generator().manual_seed(8)) * 5
+    torch.testing.assert_close(
+        ours.decode(anchors, deltas), tv.decode_single(deltas, anchors), rtol=0, atol=0
+    )

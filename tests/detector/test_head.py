@@ -23,14 +23,32 @@ def test_prior_init():
 
 def test_output_order_is_y_x_anchor_class():
     torch.manual_seed(0)
-    head = RetinaNetHead(in_channels=8, num_anchors=2, num_classes=3, num_convs=1)
-    x = torch.rand(1, 8, 2, 3)
-    logits, deltas = head([x])
-    raw = head.cls_score(head.cls_subnet(x))  # (1, A*K, H, W), channel a*K + k
-    y, xx, a, k = 1, 2, 1, 2
-    torch.testing.assert_close(logits[0, (y * 3 + xx) * 2 + a, k], raw[0, a * 3 + k, y, xx])
-    raw_box = head.bbox_pred(head.bbox_subnet(x))
-    torch.testing.assert_close(deltas[0, (y * 3 + xx) * 2 + a, 3], raw_box[0, a * 4 + 3, y, xx])
+    num_anchors, num_classes = 2, 3
+    head = RetinaNetHead(
+        in_channels=8, num_anchors=num_anchors, num_classes=num_classes, num_convs=1
+    )
+    levels = [torch.rand(1, 8, 2, 3), torch.rand(1, 8, 1, 2)]
+    with torch.no_grad():
+        logits, deltas = head(levels)
+        raws = [
+            (head.cls_score(head.cls_subnet(x)), head.bbox_pred(head.bbox_subnet(x)))
+            for x in levels
+        ]
+    # Every output row r = offset_l + (y W_l + x) A + a reads channel a K + k (a 4 + j for the
+    # deltas) at (y, x) of its own level, through the one set of weights shared by all levels.
+    offset = 0
+    for (raw_cls, raw_box), x in zip(raws, levels, strict=True):
+        _, _, height, width = x.shape
+        for y in range(height):
+            for xx in range(width):
+                for a in range(num_anchors):
+                    row = offset + (y * width + xx) * num_anchors + a
+                    for k in range(num_classes):
+                        assert logits[0, row, k] == raw_cls[0, a * num_classes + k, y, xx]
+                    for j in range(4):
+                        assert deltas[0, row, j] == raw_box[0, a * 4 + j, y, xx]
+        offset += height * width * num_anchors
+    assert logits.shape == (1, offset, num_classes) and deltas.shape == (1, offset, 4)
 
 
 def test_group_norm_and_bad_arguments():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torchvision.models.detection._utils import Matcher as TVMatcher
+from torchvision.ops import box_iou
 
 from detector import Matcher
 from detector.labeling import BACKGROUND, IGNORE
@@ -54,3 +55,33 @@ def test_bad_thresholds():
         Matcher(fg_iou_thresh=0.3, bg_iou_thresh=0.4)
     with pytest.raises(ValueError, match=r"\(M, R\)"):
         Matcher()(torch.zeros(3))
+
+
+def test_thresholds_are_inclusive_at_fg_and_exclusive_at_bg():
+    # §4: IoU >= 0.5 is foreground, IoU < 0.4 background. 0.5, 0.375 and 0.4375 are exact in
+    # binary; float32(0.4) is the value the threshold 0.4 becomes against a float32 IoU; the
+    # neighbours one ulp below each threshold land on the other side.
+    below = torch.nextafter(torch.tensor([0.5, 0.4]), torch.tensor(0.0))
+    iou = torch.tensor([[0.9, 0.5, below[0], 0.4, below[1], 0.4375, 0.375]])
+    expected = [0, 0, IGNORE, IGNORE, BACKGROUND, IGNORE, BACKGROUND]
+    for low_quality in (False, True):  # anchor 0 is the box's best: no low-quality change
+        assert Matcher(0.5, 0.4, low_quality)(iou).tolist() == expected
+    tv = TVMatcher(0.5, 0.4, allow_low_quality_matches=False)(iou.clone())
+    assert [{-1: BACKGROUND, -2: IGNORE}.get(v, v) for v in tv.tolist()] == expected
+
+
+def test_boundary_ious_computed_from_boxes():
+    # A 10 x 10 box against anchors of its width: heights 5 and 4 give IoU 50/100 and 40/100
+    # exactly as box_iou computes them, i.e. on the thresholds themselves.
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 10.0, 5.0],
+            [0.0, 0.0, 10.0, 4.0],
+            [0.0, 0.0, 10.0, 3.0],
+        ]
+    )
+    iou = box_iou(box, anchors)
+    assert iou[0, 1] == 0.5 and iou[0, 2] == torch.tensor(0.4)
+    assert Matcher()(iou).tolist() == [0, 0, IGNORE, BACKGROUND]

@@ -3,15 +3,21 @@ import copy
 import pytest
 import torch
 
-from detector import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AnchorGenerator,
-    BoxCoder,
-    DenseOutputs,
-    RetinaNet,
-    postprocess,
-)
+from detector import IMAGENET_MEAN, IMAGENET_STD, AnchorGenerator, DenseOutputs, RetinaNet
+
+STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+A = 9
+
+
+def padded_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Feature map (H_l, W_l) of each level for an input padded up to multiples of 128."""
+    height, width = -(-height // 128) * 128, -(-width // 128) * 128
+    return [(height // s, width // s) for s in STRIDES]
+
+
+def anchors_per_level(height: int, width: int) -> list[int]:
+    """R_l = H_l W_l A of each level for an input of ``height`` x ``width``."""
+    return [h * w * A for h, w in padded_shapes(height, width)]
 
 
 def test_preprocess_normalises_pads_and_zeroes_padding(small_model):
@@ -38,7 +44,7 @@ def test_dense_outputs(small_model):
         out = small_model(torch.rand(2, 3, 128, 256))
     assert isinstance(out, DenseOutputs)
     counts = [16 * 32 * 9, 8 * 16 * 9, 4 * 8 * 9, 2 * 4 * 9, 1 * 2 * 9]
-    assert out.num_anchors_per_level == counts
+    assert out.num_anchors_per_level == counts == anchors_per_level(128, 256)
     assert out.cls_logits.shape == (2, sum(counts), 3) and out.box_deltas.shape == (
         2,
         sum(counts),
@@ -66,8 +72,55 @@ def test_lone_image_equals_image_in_padded_batch(small_model):
     torch.testing.assert_close(batch.cls_logits[0], alone.cls_logits[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(batch.box_deltas[0], alone.box_deltas[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(batch.anchors, alone.anchors)
-    # The small image alone is padded less (128 x 128), so only its anchor count differs.
-    assert alone_small.cls_logits.shape[1] < batch.cls_logits.shape[1]
+    # Both batches pad to 256 x 256; the small image alone pads to 128 x 128 only.
+    assert alone.num_anchors_per_level == batch.num_anchors_per_level == anchors_per_level(256, 256)
+    assert alone_small.num_anchors_per_level == anchors_per_level(128, 128)
+    assert alone_small.cls_logits.shape == (1, sum(anchors_per_level(128, 128)), 3)
+    assert batch.image_sizes.tolist() == [[150, 220], [90, 120]]
+    assert alone_small.image_sizes.tolist() == [[90, 120]]
+
+
+@pytest.mark.parametrize(
+    ("images", "image_sizes", "valid"),
+    [
+        ([(129, 65)], None, [[129, 65]]),  # portrait, odd: pads to 256 x 128
+        ([(3, 130), (100, 7)], None, [[3, 130], [100, 7]]),  # pads to 128 x 256
+        ((2, 131, 97), [[131, 97], [67, 45]], [[131, 97], [67, 45]]),  # batch tensor: 256 x 128
+    ],
+)
+def test_odd_sizes_pad_to_128_with_exact_anchor_counts(small_model, images, image_sizes, valid):
+    g = torch.Generator().manual_seed(0)
+    if isinstance(images, tuple):
+        inputs = torch.rand(images[0], 3, *images[1:], generator=g)
+        height, width = images[1:]
+        image_sizes = torch.tensor(image_sizes)
+    else:
+        inputs = [torch.rand(3, h, w, generator=g) for h, w in images]
+        height, width = max(h for h, _ in images), max(w for _, w in images)
+    batch, _ = small_model.preprocess(inputs, image_sizes)
+    shapes = padded_shapes(height, width)
+    assert batch.shape[2:] == (shapes[0][0] * 8, shapes[0][1] * 8)
+    with torch.no_grad():
+        out = small_model(inputs, image_sizes)
+    assert out.num_anchors_per_level == anchors_per_level(height, width)
+    assert out.cls_logits.shape == (len(valid), sum(anchors_per_level(height, width)), 3)
+    assert out.box_deltas.shape == (len(valid), sum(anchors_per_level(height, width)), 4)
+    torch.testing.assert_close(out.anchors, AnchorGenerator()(shapes, "cpu"), rtol=0, atol=0)
+    assert out.image_sizes.tolist() == valid and out.image_sizes.dtype == torch.int64
+
+
+def test_normalisation_with_imagenet_rgb_statistics(small_model):
+    # Channel values 0, 0.5 and 1 against mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)
+    # in R, G, B order, written out rather than read back from the module's constants.
+    image = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1).expand(3, 4, 5)
+    batch, _ = small_model.preprocess([image])
+    expected = [(0.0 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (1.0 - 0.406) / 0.225]
+    torch.testing.assert_close(batch[0, :, 3, 4], torch.tensor(expected))
+    assert batch[0, :, 4:].abs().sum() == 0 and batch[0, :, :, 5:].abs().sum() == 0
+    as_uint8 = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 5)
+    batch8, _ = small_model.preprocess(as_uint8)
+    expected8 = [(0.0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1.0 - 0.406) / 0.225]
+    torch.testing.assert_close(batch8[0, :, 0, 0], torch.tensor(expected8))
 
 
 def test_channels_last_by_default_and_the_same_outputs(small_model):
@@ -94,56 +147,3 @@ def test_bad_inputs(small_model):
         small_model(torch.ones(1, 3, 64, 64, dtype=torch.int32))
     with pytest.raises(ValueError, match="empty list"):
         small_model([])
-
-
-@pytest.mark.parametrize(
-    ("rows", "length", "k", "piece", "pieces"),
-    [
-        (2, 4096, 50, 1024, 4),  # split in four pieces of 1024
-        (3, 4096, 50, 300, 16),  # the most pieces, 256 each
-        (2, 4096, 300, 300, 1),  # pieces of 256 < k: one topk over the row
-        (2, 1001, 10, 300, 1),  # 1001 = 7·11·13 splits in no power of two: one topk
-        (1, 40, 50, 8, 1),  # fewer logits than k: all of them
-    ],
-)
-def test_level_topk_split_equals_topk(monkeypatch, rows, length, k, piece, pieces):
-    monkeypatch.setattr(postprocess, "TOPK_PIECE", piece)
-    g = torch.Generator().manual_seed(0)
-    # Distinct values, so that the order (ties aside, unspecified) is fixed.
-    level = torch.stack([torch.randperm(length, generator=g) for _ in range(rows)]).float()
-    split_calls = []
-    real_topk = torch.Tensor.topk
-    monkeypatch.setattr(
-        torch.Tensor,
-        "topk",
-        lambda t, *a, **kw: split_calls.append(t.shape) or real_topk(t, *a, **kw),
-    )
-    values, idx = postprocess._level_topk(level / 7.0, k)
-    expected_values, expected_idx = real_topk(level / 7.0, min(k, length), dim=1)
-    assert torch.equal(values, expected_values) and torch.equal(idx, expected_idx)
-    if pieces > 1:
-        assert split_calls[0] == (rows * pieces, length // pieces)
-    else:
-        assert split_calls == [(rows, length)]
-
-
-def test_postprocessor_same_detections_with_split_topk(monkeypatch):
-    g = torch.Generator().manual_seed(1)
-    anchors_per_level = [600, 150, 40]
-    r, num_classes = sum(anchors_per_level), 5
-    xy = torch.rand(r, 2, generator=g) * 200
-    outputs = DenseOutputs(
-        torch.randn(2, r, num_classes, generator=g),
-        torch.randn(2, r, 4, generator=g) * 0.1,
-        torch.cat([xy, xy + 8 + torch.rand(r, 2, generator=g) * 40], 1),
-        anchors_per_level,
-        torch.tensor([[256, 256], [200, 240]]),
-    )
-    post = postprocess.RetinaNetPostProcessor(BoxCoder(), topk_candidates=100)
-    whole = post(outputs)
-    monkeypatch.setattr(postprocess, "TOPK_PIECE", 1000)  # P3's 3000 logits in 4 pieces
-    split = post(outputs)
-    for a, b in zip(split, whole, strict=True):
-        assert len(a["scores"]) > 50
-        for key in ("boxes", "scores", "labels"):
-            assert torch.equal(a[key], b[key])
