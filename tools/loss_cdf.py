@@ -19,6 +19,7 @@ from data.loader import build_test_loader
 from data.synthetic import ensure_synthetic
 from data.validate import DatasetError
 from detector import BoxCoder, Matcher, RetinaNetCriterion, build_from_checkpoint
+from detector.build import build_checkpoint_part
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.config import (
     ConfigError,
@@ -30,6 +31,7 @@ from detector.engine.config import (
 from detector.engine.distributed import resolve_device
 from detector.engine.training import build_dataset
 from detector.loss_cdf import collect, plot, summary
+from detector.safe_config import MATCHER_TARGETS
 from losses import FocalLoss, SmoothL1BoxLoss
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -53,7 +55,13 @@ def validate(cfg: DictConfig) -> None:
 def labelling_criterion(checkpoint: dict) -> RetinaNetCriterion:
     """A criterion whose ``label_anchors`` uses the training run's matcher."""
     matcher_node = checkpoint.get("config", {}).get("criterion", {}).get("matcher")
-    matcher = Matcher() if matcher_node is None else hydra.utils.instantiate(matcher_node)
+    matcher = (
+        Matcher()
+        if matcher_node is None
+        else build_checkpoint_part(
+            {"config.criterion.matcher": matcher_node}, "config.criterion.matcher", MATCHER_TARGETS
+        )
+    )
     return RetinaNetCriterion(BoxCoder(), matcher, FocalLoss(), SmoothL1BoxLoss())
 
 
