@@ -23,7 +23,7 @@ from data.coco import CocoDetection
 from data.loader import build_test_loader, build_train_loader, seed_everything
 from data.synthetic import ensure_synthetic
 from data.transforms import build_transforms
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from detector.engine.config import TrainConfig, validate_config
 from detector.engine.distributed import (
     DistributedContext,
@@ -153,6 +153,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries((run_dir / LAST).parent)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     net: nn.Module = model
     if ctx.distributed:
