@@ -69,7 +69,8 @@ def check_output(images: list[Path], output: Path) -> None:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output: {output} is a file, not a folder")
     folder = output.resolve()
-    if any(path.resolve().parent == folder for path in images):
+    # The folder of each image and, for a symbolic link, of the file it points to.
+    if any(folder in (path.parent.resolve(), path.resolve().parent) for path in images):
         raise ConfigError(
             f"output: {output} holds the input images, which the drawn copies would overwrite; "
             "choose another folder"

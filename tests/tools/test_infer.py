@@ -157,3 +157,18 @@ def test_a_checkpoint_transform_that_runs_code_is_refused(
         "from a file)"
     )
     assert victim.read_text() == "keep me"
+
+
+def test_output_over_a_linked_photo_is_refused(tmp_path: Path) -> None:
+    """A link in the input folder points at a photo elsewhere: that folder is refused too."""
+    photos = _photos(tmp_path / "photos", "a.png")
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a.png").symlink_to(photos / "a.png")
+    infer = _infer_module()
+    for output in (links, photos, tmp_path / "photos" / "." / ""):
+        with pytest.raises(infer.ConfigError, match="would overwrite"):
+            infer.check_output([links / "a.png"], output)
+    infer.check_output([links / "a.png"], tmp_path / "out")
+    with pytest.raises(infer.ConfigError, match=r"is a file, not a folder"):
+        infer.check_output([links / "a.png"], photos / "a.png")
