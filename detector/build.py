@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -25,15 +26,19 @@ download (or fail offline) and let the file make focaldet read a path of its cho
 
 
 def build_checkpoint_part(
-    ckpt: dict[str, Any], key: str, allowed: Allowlist, **cleared: Any
+    ckpt: dict[str, Any],
+    key: str,
+    allowed: Allowlist,
+    cleared: Mapping[type, tuple[str, ...]] | None = None,
 ) -> Any:
     """Build the ``_target_`` tree ``ckpt[key]`` from ``allowed`` classes only.
 
     Any failure, a rejected target first of all, is one :class:`CheckpointError` line naming the
-    place in the tree. ``cleared`` is passed to :func:`detector.safe_config.build_config`.
+    place in the tree. ``cleared``: arguments passed as ``None`` (see
+    :func:`detector.safe_config.build_config`).
     """
     try:
-        return build_config(ckpt[key], allowed, key, **cleared)
+        return build_config(ckpt[key], allowed, key, cleared)
     except UnsafeConfigError as e:
         raise CheckpointError(f"checkpoint {e}") from e
     except Exception as e:  # noqa: BLE001 - any failure means the config is unusable

@@ -162,13 +162,15 @@ def build_config(
     where: str,
     cleared: Mapping[type, tuple[str, ...]] | None = None,
 ) -> Any:
-    """Check ``tree`` (:func:`check_config`), then build it.
+    """Check ``tree`` (:func:`check_config`), a mapping with a ``_target_``, then build it.
 
     Each mapping with a ``_target_`` becomes ``cls(**built arguments)``; other mappings become
     dicts and lists stay lists, their members built the same way (Hydra's ``_convert_="all"``).
     ``cleared`` maps a class to arguments passed as ``None`` whatever the tree says (e.g. a
     backbone's pretrained weights, which a checkpoint's own state dict replaces).
     """
+    if not isinstance(tree, Mapping) or TARGET not in tree:
+        raise UnsafeConfigError(f"{where}: expected a mapping with a _target_, got {tree!r:.80}")
     check_config(tree, allowed, where)
     return _build(tree, allowed, cleared or {})
 

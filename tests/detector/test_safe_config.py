@@ -252,3 +252,9 @@ def test_torchvision_converted_configs_pass() -> None:
     check_config(torchvision_model_config(), MODEL_TARGETS, "model_config")
     post = build_config(torchvision_postprocess_config(), POSTPROCESS_TARGETS, "postprocess_config")
     assert isinstance(post, RetinaNetPostProcessor)
+
+
+@pytest.mark.parametrize("tree", [{"depth": 18}, [TINY], "detector.RetinaNet", None])
+def test_a_config_without_a_root_target_is_refused(tree: Any) -> None:
+    with pytest.raises(CheckpointError, match=r"^checkpoint model_config: expected a mapping with"):
+        build_from_checkpoint(_checkpoint(tree))
