@@ -1,4 +1,4 @@
-"""Box-aware augmentation pipelines (albumentations 2.x) built from Hydra ``_target_`` nodes.
+"""Box-aware augmentation pipelines (albumentations 2.x) built from ``_target_`` nodes.
 
 A pipeline is a list of nodes such as::
 
@@ -8,9 +8,10 @@ A pipeline is a list of nodes such as::
     - _target_: albumentations.HorizontalFlip
       p: 0.5
 
-:func:`build_transforms` instantiates them inside an ``A.Compose`` whose boxes are
-``pascal_voc`` (xyxy pixels) with ``labels`` and ``iscrowd`` as label fields, so a box that leaves
-the image is clipped, or dropped together with its label and crowd flag. Its box processor is
+:func:`build_transforms` builds them (allow-listed targets only, detector/safe_config.py) inside
+an ``A.Compose`` whose boxes are ``pascal_voc`` (xyxy pixels) with ``labels`` and ``iscrowd`` as
+label fields, so a box that leaves the image is clipped, or dropped together with its label and
+crowd flag. Its box processor is
 :class:`DetectionBboxProcessor`, albumentations' own logic in a few array operations.
 """
 
@@ -25,9 +26,10 @@ import numpy as np
 from albumentations.augmentations.geometric import functional as fgeometric
 from albumentations.core.bbox_utils import BboxProcessor
 from albumentations.core.utils import get_shape
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field
+
+from detector.safe_config import Allowlist, build_config, names_of
 
 LABEL_FIELDS = ["labels", "iscrowd"]
 """Per-box arrays that travel with the boxes through every transform."""
@@ -200,22 +202,37 @@ class DetectionBboxProcessor(BboxProcessor):
         return data
 
 
+TRANSFORM_TARGETS = Allowlist(
+    "data.transforms classes and albumentations transforms",
+    names_of("data.transforms", ResizeShortestEdge),
+    package="albumentations",
+    package_bases=(A.BasicTransform, A.BaseCompose),
+    # Lambda's arguments are functions: code by definition, never built from a file.
+    denied=(A.Lambda,),
+)
+"""What a transform pipeline may name: focaldet's own transforms and albumentations' transforms
+and composes (``albumentations.HorizontalFlip``, ``albumentations.OneOf``...)."""
+
+
 def build_transforms(
     nodes: Sequence[Mapping[str, Any] | DictConfig | A.BasicTransform],
     train: bool = True,
     seed: int | None = None,
+    where: str = "transforms",
 ) -> A.Compose:
     """``A.Compose`` of the instantiated ``nodes`` with box handling for detection.
 
     Boxes are ``pascal_voc`` (xyxy pixels) with label fields ``labels`` and ``iscrowd``; they are
     clipped to the image and dropped (with their labels) when under 1 px wide or high.
-    ``nodes`` are Hydra ``_target_`` mappings (or ready transforms). With ``train=False`` every
+    ``nodes`` are ``_target_`` mappings (or ready transforms) naming only
+    :data:`TRANSFORM_TARGETS` (a pipeline read from a checkpoint cannot run code; ``where`` names
+    the list in the error, e.g. ``config.data.val.transforms``). With ``train=False`` every
     transform must be applied with probability 1: a random transform left in an evaluation
     pipeline (a flip with ``p=0.5``) would silently change the measured AP, so it raises.
     ``seed`` seeds the pipeline's own random state (workers reseed it, see data/loader.py).
     """
     transforms = []
-    for node in nodes:
+    for index, node in enumerate(nodes):
         if isinstance(node, A.BasicTransform):
             transform = node
         else:
@@ -223,7 +240,7 @@ def build_transforms(
                 node = OmegaConf.to_container(node, resolve=True)
             if not isinstance(node, Mapping) or "_target_" not in node:
                 raise ValueError(f"transform node must be a mapping with a _target_, got {node!r}")
-            transform = instantiate(node, _convert_="all")
+            transform = build_config(node, TRANSFORM_TARGETS, f"{where}[{index}]")
         if not train and transform.p < 1.0:
             raise ValueError(
                 f"evaluation transforms must be deterministic, but {type(transform).__name__} "

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from data.build import build_train_val, prepare_data
 from data.coco import CocoDetection
 from data.loader import build_test_loader, build_train_loader, seed_everything
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from detector.engine.config import OptimConfig, TrainConfig, loop_settings, validate_config
 from detector.engine.distributed import (
     DistributedContext,
@@ -207,6 +207,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
         start_iter, best_ap = _resume(run_dir, model, optimizer, scheduler, precision.scaler)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries((run_dir / LAST).parent)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     net: nn.Module = model
     if ctx.distributed:

@@ -1,13 +1,23 @@
-"""tools/infer.py on images of any mode and size: drawn copies and predictions.json."""
+"""tools/infer.py: drawn copies and predictions.json for images of any mode and size, unreadable
+images skipped, the input photos never overwritten, and a checkpoint that cannot run code."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
+from omegaconf import OmegaConf
 from PIL import Image
+
+from data.decode import ImageDecodeError
+from detector.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_infer_grayscale_and_rgba(
@@ -44,3 +54,121 @@ def test_infer_grayscale_and_rgba(
     # At most detections_per_img (100) per image, and at least one box at threshold 0.
     counts = [sum(p["file_name"] == n for p in predictions) for n in ("gray.png", "rgba.png")]
     assert all(1 <= c <= 100 for c in counts)
+
+
+def _infer_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("focaldet_infer", ROOT / "tools" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _photos(folder: Path, *names: str) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _run_in_process(checkpoint: Path, images: Path, out: Path, score_thresh: float) -> list:
+    cfg = OmegaConf.create(
+        {"checkpoint": str(checkpoint), "input": str(images), "output": str(out),
+         "score_thresh": score_thresh, "device": "cpu", "transforms": None}
+    )  # fmt: skip
+    return _infer_module().run(cfg)
+
+
+def test_score_thresh_below_the_checkpoints_takes_effect(
+    make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    """The checkpoint keeps scores > 0.05; the random model scores about 0.01 (prior π)."""
+    images = _photos(tmp_path / "in", "a.png")
+    checkpoint = make_checkpoint(0.05)
+    assert _run_in_process(checkpoint, images, tmp_path / "out05", 0.05) == []
+    predictions = _run_in_process(checkpoint, images, tmp_path / "out", 0.005)
+    scores = [p["score"] for p in predictions]
+    assert len(scores) == 100  # detections_per_img: far more than 100 anchors score > 0.005
+    assert min(scores) > 0.005 and max(scores) < 0.05
+
+
+def test_an_unreadable_image_is_skipped_and_counted(
+    make_checkpoint: Callable, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = _photos(tmp_path / "in", "a.png", "c.png")
+    (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    out = tmp_path / "out"
+    predictions = _run_in_process(make_checkpoint(0.005), images, out, 0.005)
+    captured = capsys.readouterr()
+    assert f"skipped {images / 'b.jpg'}" in captured.err
+    assert "on 2 images" in captured.out and "skipped 1 unreadable image(s)" in captured.out
+    assert {p["file_name"] for p in predictions} == {"a.png", "c.png"}
+    assert json.loads((out / "predictions.json").read_text()) == predictions
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "predictions.json"]
+
+
+def test_no_readable_image_is_an_error(make_checkpoint: Callable, tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "b.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ImageDecodeError, match="none of the 1 images"):
+        _run_in_process(make_checkpoint(0.005), images, tmp_path / "out", 0.005)
+    assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+@pytest.mark.parametrize("target", ["folder", "folder of the file"])
+def test_output_over_the_input_photos_is_refused(
+    run_tool: Callable, make_checkpoint: Callable, tmp_path: Path, target: str
+) -> None:
+    images = _photos(tmp_path / "in", "a.png")
+    before = (images / "a.png").read_bytes()
+    source = images if target == "folder" else images / "a.png"
+    proc = run_tool(
+        "infer.py", f"checkpoint={make_checkpoint(0.05)}", f"input={source}",
+        f"output={tmp_path / 'x' / '..' / 'in'}", "device=cpu",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "output:" in proc.stderr and "would overwrite" in proc.stderr
+    assert (images / "a.png").read_bytes() == before
+    # Hydra has opened its log (infer.log) in the run directory, ${output}; nothing else is there.
+    assert sorted(p.name for p in images.iterdir()) == ["a.png", "infer.log"]
+
+
+def test_a_checkpoint_transform_that_runs_code_is_refused(
+    run_tool: Callable, make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    """tools/infer.py rebuilds the checkpoint's evaluation transforms: they cannot open a file."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    ckpt = load_checkpoint(make_checkpoint(0.05))
+    opener = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    ckpt["config"]["data"]["val"]["transforms"].append(opener)
+    save_checkpoint(tmp_path / "evil.pt", ckpt)
+    images = _photos(tmp_path / "in", "a.png")
+    proc = run_tool(
+        "infer.py", f"checkpoint={tmp_path / 'evil.pt'}", f"input={images}",
+        f"output={tmp_path / 'out'}", "device=cpu",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        "focaldet: checkpoint config.data.val.transforms[1]._target_: 'builtins.open' is not an "
+        "allowed target (only data.transforms classes and albumentations transforms are built "
+        "from a file)"
+    )
+    assert victim.read_text() == "keep me"
+
+
+def test_output_over_a_linked_photo_is_refused(tmp_path: Path) -> None:
+    """A link in the input folder points at a photo elsewhere: that folder is refused too."""
+    photos = _photos(tmp_path / "photos", "a.png")
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a.png").symlink_to(photos / "a.png")
+    infer = _infer_module()
+    for output in (links, photos, tmp_path / "photos" / "." / ""):
+        with pytest.raises(infer.ConfigError, match="would overwrite"):
+            infer.check_output([links / "a.png"], output)
+    infer.check_output([links / "a.png"], tmp_path / "out")
+    with pytest.raises(infer.ConfigError, match=r"is a file, not a folder"):
+        infer.check_output([links / "a.png"], photos / "a.png")
