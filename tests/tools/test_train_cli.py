@@ -42,7 +42,7 @@ def test_multirun_sweeps_gamma(run_tool: Callable, tiny_data: Path, tmp_path: Pa
 
 
 CLI_ERRORS = [
-    (["-m", "loss.gamma=0,1,-1"], "loss.gamma must be >= 0 (the focusing parameter, §3.2), got -1"),
+    (["-m", "loss.gamma=0,1,-1"], "loss.gamma must be >= 0, got -1"),
     (["loss=hinge"], f"unknown loss 'hinge' (choose from {', '.join(LOSSES)})"),
 ]
 
