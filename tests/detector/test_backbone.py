@@ -64,3 +64,12 @@ def test_bad_arguments(tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong)
     with pytest.raises(ValueError, match="is not a ResNet-18 state dict"):
         ResNetBackbone(depth=18, weights=wrong)
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
+def test_norm_eps_reaches_every_norm_layer(norm):
+    backbone = ResNetBackbone(depth=18, norm=norm, norm_eps=1e-3, frozen_stages=0)
+    kinds = (FrozenBatchNorm2d, nn.BatchNorm2d, nn.GroupNorm)
+    norms = [m for m in backbone.modules() if isinstance(m, kinds)]
+    assert len(norms) == 20  # stem + 8 blocks x 2 + 3 downsamples
+    assert all(m.eps == 1e-3 for m in norms)
