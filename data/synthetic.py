@@ -11,6 +11,10 @@ while a small ResNet-18 RetinaNet learns the task from scratch on a CPU in minut
 
 Everything is drawn from ``numpy.random.default_rng((seed, split, index))``, so the files are
 identical for a given seed.
+
+A :class:`~data.synthetic_dial.Dial` (more classes, absent classes, image size, objects per
+image) moves the imbalance the focal loss is about (issue 13); its defaults draw the dataset
+above, file for file.
 """
 
 from __future__ import annotations
@@ -25,26 +29,14 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from data.synthetic_dial import (
+    DEFAULT_DIAL,
+    EMPTY_IMAGE_PROB,
+    IMAGE_SHAPE_PROBS,
+    Dial,
+)
 from data.validate import DatasetError
 
-CLASSES: list[dict[str, Any]] = [
-    {"id": 1, "name": "circle", "color": (220, 40, 40)},
-    {"id": 2, "name": "square", "color": (40, 90, 230)},
-    {"id": 3, "name": "triangle", "color": (40, 180, 60)},
-    {"id": 4, "name": "ring", "color": (245, 200, 30)},
-    {"id": 5, "name": "cross", "color": (210, 50, 210)},
-]
-"""COCO categories with their RGB colours; ``cross`` is the rare class."""
-
-CLASS_PROBS = np.array([0.26, 0.24, 0.22, 0.22, 0.06])
-"""Frequency of each class among the objects."""
-
-IMAGE_SHAPES = [(192, 256), (224, 224), (256, 192)]
-"""Image (h, w) choices: landscape, square, portrait (so aspect grouping has work to do)."""
-
-IMAGE_SHAPE_PROBS = [0.45, 0.35, 0.2]
-EMPTY_IMAGE_PROB = 0.12
-MAX_OBJECTS = 8
 MAX_OVERLAP = 0.15
 """Largest fraction of a new object's box that may overlap an earlier box."""
 
@@ -170,14 +162,18 @@ def _overlaps(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
     return False
 
 
-def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def render_image(
+    rng: np.random.Generator, dial: Dial = DEFAULT_DIAL
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One image: RGB uint8 ``(H, W, 3)`` and its objects as ``{"label", "bbox" xyxy, "area"}``."""
-    height, width = IMAGE_SHAPES[rng.choice(len(IMAGE_SHAPES), p=IMAGE_SHAPE_PROBS)]
+    classes, probs, shapes = dial.classes(), dial.class_probs(), dial.image_shapes()
+    height, width = shapes[rng.choice(len(shapes), p=IMAGE_SHAPE_PROBS)]
     image = _background(rng, height, width)
-    num_objects = 0 if rng.random() < EMPTY_IMAGE_PROB else int(rng.integers(1, MAX_OBJECTS + 1))
+    empty = rng.random() < EMPTY_IMAGE_PROB
+    num_objects = 0 if empty else int(rng.integers(1, dial.max_objects + 1))
     num_distractors = int(rng.integers(1, 4))
-    kinds = [("object", int(rng.choice(len(CLASSES), p=CLASS_PROBS))) for _ in range(num_objects)]
-    kinds += [("distractor", int(rng.integers(len(CLASSES)))) for _ in range(num_distractors)]
+    kinds = [("object", int(rng.choice(len(classes), p=probs))) for _ in range(num_objects)]
+    kinds += [("distractor", int(rng.integers(len(classes)))) for _ in range(num_distractors)]
     order = rng.permutation(len(kinds))
     placed: list[np.ndarray] = []
     objects = []
@@ -191,8 +187,8 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, A
                 break
         else:
             continue
-        shape = CLASSES[label]["name"]
-        color = np.array(CLASSES[label]["color"], dtype=np.float32)
+        shape = classes[label]["shape"]
+        color = np.array(classes[label]["color"], dtype=np.float32)
         if kind == "distractor":
             partial = {"circle": "half_disc", "ring": "open_ring", "square": "hollow_square"}
             partial |= {"cross": "tee", "triangle": "hollow_square"}
@@ -214,14 +210,14 @@ def render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, A
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects
 
 
-def _write_split(root: Path, split: str, count: int, seed: int) -> dict[str, Any]:
+def _write_split(root: Path, split: str, count: int, seed: int, dial: Dial) -> dict[str, Any]:
     """Render ``count`` images of ``split`` into ``root/split`` and return its COCO dict."""
     img_dir = root / split
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng((seed, SPLITS[split], index))
-        image, objects = render_image(rng)
+        image, objects = render_image(rng, dial)
         file_name = f"{index:06d}.jpg"
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         if not cv2.imwrite(str(img_dir / file_name), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
@@ -241,56 +237,64 @@ def _write_split(root: Path, split: str, count: int, seed: int) -> dict[str, Any
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": CLASSES[obj["label"]]["id"],
+                    "category_id": obj["label"] + 1,
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "area": obj["area"],
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CLASSES]
     info = {"description": f"focaldet synthetic shapes, {split}, seed {seed}"}
+    categories = dial.categories()
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
-def _params(seed: int, num_train: int, num_val: int) -> dict[str, Any]:
-    return {"version": FORMAT_VERSION, "seed": seed, "num_train": num_train, "num_val": num_val}
+def _params(seed: int, num_train: int, num_val: int, dial: Dial) -> dict[str, Any]:
+    # Only the dial's changed settings, so that a default dataset's manifest stays as it was.
+    params = {"version": FORMAT_VERSION, "seed": seed, "num_train": num_train, "num_val": num_val}
+    return params | dial.changed()
 
 
 def make_synthetic_coco(
-    out_dir: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100
+    out_dir: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100, **dial: int
 ) -> SyntheticPaths:
     """Write the synthetic dataset under ``out_dir`` (same seed → same files) and return paths.
 
     Layout: ``train/*.jpg``, ``val/*.jpg``, ``annotations/instances_{train,val}.json`` and a
-    ``manifest.json`` (written last) recording the parameters and every file's size.
+    ``manifest.json`` (written last) recording the parameters and every file's size. ``dial``:
+    the settings of :class:`Dial` (``num_classes``, ``absent_classes``, ``image_size``,
+    ``max_objects``).
     """
+    settings = Dial.from_options(dial)
     paths = synthetic_paths(out_dir)
     paths.train_ann.parent.mkdir(parents=True, exist_ok=True)
     for split, count, ann_file in (
         ("train", num_train, paths.train_ann),
         ("val", num_val, paths.val_ann),
     ):
-        coco = _write_split(paths.root, split, count, seed)
+        coco = _write_split(paths.root, split, count, seed, settings)
         ann_file.write_text(json.dumps(coco))
     files = sorted(
         path for path in paths.root.rglob("*") if path.is_file() and path.name != MANIFEST
     )
     manifest = {
-        "params": _params(seed, num_train, num_val),
+        "params": _params(seed, num_train, num_val, settings),
         "files": {str(path.relative_to(paths.root)): path.stat().st_size for path in files},
     }
     (paths.root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return paths
 
 
-def is_complete(root: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100) -> bool:
+def is_complete(
+    root: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100, **dial: int
+) -> bool:
     """True when ``root`` holds a finished dataset with these parameters (manifest matches)."""
     root = Path(root)
+    params = _params(seed, num_train, num_val, Dial.from_options(dial))
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if manifest.get("params") != _params(seed, num_train, num_val):
+    if manifest.get("params") != params:
         return False
     for name, size in manifest.get("files", {}).items():
         path = root / name
@@ -300,16 +304,18 @@ def is_complete(root: str | Path, seed: int = 0, num_train: int = 400, num_val: 
 
 
 def ensure_synthetic(
-    root: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100
+    root: str | Path, seed: int = 0, num_train: int = 400, num_val: int = 100, **dial: int
 ) -> SyntheticPaths:
     """Return the dataset under ``root``, generating it first when missing or incomplete.
 
     Generation goes to a temporary sibling folder renamed into place, so an interrupted run never
     leaves a dataset that looks finished, and concurrent callers (one per DDP rank) agree. An
     incomplete earlier dataset is replaced only when ``root`` holds nothing but its entries.
+    ``dial``: the settings of :class:`Dial`.
     """
     root = Path(root)
-    if is_complete(root, seed, num_train, num_val):
+    Dial.from_options(dial)  # a bad setting fails before anything is written
+    if is_complete(root, seed, num_train, num_val, **dial):
         return synthetic_paths(root)
     ours = {"train", "val", "annotations", MANIFEST}
     if root.exists():
@@ -322,13 +328,13 @@ def ensure_synthetic(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        make_synthetic_coco(tmp, seed, num_train, num_val)
-        if root.exists() and not is_complete(root, seed, num_train, num_val):
+        make_synthetic_coco(tmp, seed, num_train, num_val, **dial)
+        if root.exists() and not is_complete(root, seed, num_train, num_val, **dial):
             shutil.rmtree(root)
         try:
             os.rename(tmp, root)
         except OSError:
-            if not is_complete(root, seed, num_train, num_val):  # lost a race to a broken dir
+            if not is_complete(root, seed, num_train, num_val, **dial):  # lost a race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
