@@ -38,7 +38,7 @@ paper: $(STAMP)
 		$(PY) tools/train.py -m +experiment=paper_$$table train.seed=$$seed train.progress=false \
 			hydra.sweep.dir=$(PAPER_OUT)/$$table/seed$$seed $(ARGS); \
 	done; done
-	$(PY) tools/report.py $(PAPER_OUT) out=$(PAPER_OUT)/report
+	$(PY) tools/report.py runs=$(PAPER_OUT) out=$(PAPER_OUT)/report
 	@echo "paper regime: tables in $(PAPER_OUT)/report/report.md, plots in $(PAPER_OUT)/report/*.png, runs in $(PAPER_OUT)/table1{a,b}/seed*/"
 
 clean:
