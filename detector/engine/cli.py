@@ -50,9 +50,12 @@ def preflight_argv(
     exit_on_config_error(preflight, sys.argv[1:], CONFIG_DIR, tool, validate)
 
 
-def compose_tool(tool: str, argv: Sequence[str], path_keys: Sequence[str] = ()) -> DictConfig:
+def compose_tool(
+    tool: str, argv: Sequence[str], path_keys: Sequence[str] = (), filled_later: Sequence[str] = ()
+) -> DictConfig:
     """``configs/<tool>.yaml`` with the overrides ``argv``; :class:`ConfigError` when an override
-    is malformed or unknown, or a required (``???``) key is left unset."""
+    is malformed or unknown, or a required (``???``) key other than ``filled_later`` (keys the
+    tool fills itself, e.g. ``model.head.num_classes`` from the dataset) is left unset."""
     composed: list[DictConfig] = []
     # preflight composes the job and turns Hydra's errors into one line; it hands us the config.
     try:
@@ -65,7 +68,7 @@ def compose_tool(tool: str, argv: Sequence[str], path_keys: Sequence[str] = ()) 
     if len(composed) != 1:
         raise ConfigError(f"expected key=value arguments, got {' '.join(argv)!r}")
     cfg = composed[0]
-    for key in OmegaConf.missing_keys(cfg):
+    for key in sorted(OmegaConf.missing_keys(cfg) - set(filled_later)):
         raise ConfigError(f"{key} is not set: pass {key}=VALUE")
     return cfg
 
@@ -120,6 +123,7 @@ def run_tool(
     argv: Sequence[str],
     doc: str,
     path_keys: Sequence[str] = (),
+    filled_later: Sequence[str] = (),
 ) -> int:
     """A tool without a run directory: ``--help`` prints ``doc``; otherwise compose
     ``configs/<tool>.yaml`` with ``argv`` and return ``main(cfg)`` (None counts as 0). A
@@ -128,7 +132,7 @@ def run_tool(
         print(doc.strip())
         return 0
     try:
-        return main(compose_tool(tool, argv, path_keys)) or 0
+        return main(compose_tool(tool, argv, path_keys, filled_later)) or 0
     except ConfigError as e:
         print(f"focaldet: config error: {e}", file=sys.stderr)
         return 2
