@@ -194,7 +194,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
             model,
             postprocessor,
             val_loader,
-            val_set.coco,
+            val_set.coco_gt if ctx.is_main else None,  # only rank 0 scores
             val_set.label_to_cat_id,
             ctx.device,
             precision,
