@@ -6,9 +6,12 @@ N images, B kept boxes, K categories. Per-image slices come from offsets: the bo
 pickle (raw buffers, about 24 MB for COCO train2017) instead of a pycocotools ``COCO`` object and
 a dict per image (hundreds of MB and seconds to unpickle; issue 17).
 
-The arrays are cached in an ``.npz`` file keyed by the annotation file's path, size, mtime and
-inode, so a second start, a resume or another rank skips the JSON. The first process to miss the
-cache builds it under an exclusive ``flock``; the ranks that wait on the lock load the result.
+The arrays are cached in an ``.npz`` file (read with ``allow_pickle=False``) keyed by the
+annotation file's path, size, mtime and inode, the image folder and :data:`CACHE_VERSION`, so a
+second start, a resume or another rank skips the JSON. The first process to miss the cache builds
+it under an exclusive ``flock``; the ranks that wait on the lock load the result. The bad-box
+policy is not part of the key: the arrays do not depend on it, so the cache keeps the problem
+listing and the dataset applies its policy (silent, log, raise) to it on every start.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ pixels) and measures each design in a fresh process:
 - ``pickle_mb``: bytes a DataLoader worker receives (``pickle.dumps`` of the dataset);
 - ``start_s``: from ``iter(loader)`` until every worker has returned its first batch (forkserver
   start, unpickling, one batch each), the workers sharing the machine's cores;
-- ``start_extra_s``: ``start_s`` minus the same for the 4-image dataset (what the dataset adds
+- ``start_extra_s``: ``start_s`` minus the same for the 16-image dataset (what the dataset adds
   to a worker's start; the rest is the worker importing torch, NumPy and OpenCV);
 - ``worker_mb``: the largest VmRSS of the workers once each has served a batch, minus the VmRSS
-  of a worker of a 4-image dataset measured the same way (its imports and buffers).
+  of a worker of a 16-image dataset measured the same way (its imports and buffers).
 
 Workers serve targets only (``annotations(i)``: boxes, labels, crowd flags; no image decoding), so
 the figures are the dataset's, not the decoder's. The old design is ``data/coco.py`` at
@@ -207,7 +207,7 @@ def run(
     root = Path(out)
     legacy_dir = _legacy_module(legacy_ref, root / "legacy")
     baseline = root / "baseline" / "ann.json"
-    generate(baseline, 4 / TRAIN2017_IMAGES)
+    generate(baseline, 16 / TRAIN2017_IMAGES)  # 8 batches of 2: one for each of 8 workers
     rows, bases = [], {}
     for scale in scales:
         ann_file = root / f"scale{scale:g}" / "instances.json"
