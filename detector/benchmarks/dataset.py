@@ -18,7 +18,8 @@ pixels) and measures each design in a fresh process:
 - ``start_extra_s``: ``start_s`` minus the same for the 16-image dataset (what the dataset adds
   to a worker's start; the rest is the worker importing torch, NumPy and OpenCV);
 - ``worker_mb``: the largest VmRSS of the workers once each has served a batch, minus the VmRSS
-  of a worker of a 16-image dataset measured the same way (its imports and buffers).
+  of a worker of a 16-image dataset measured the same way (its imports and buffers), which is
+  ``worker_base_mb``.
 
 Workers serve targets only (``annotations(i)``: boxes, labels, crowd flags; no image decoding), so
 the figures are the dataset's, not the decoder's. The old design is ``data/coco.py`` at
@@ -227,6 +228,7 @@ def run(
                        "json_mb": ann_file.stat().st_size / MIB}  # fmt: skip
                 row.update(_child(design, ann_file, count, cache_dir, legacy_dir))
                 row["worker_mb"] = row.pop("worker_rss_mb") - base["worker_rss_mb"]
+                row["worker_base_mb"] = base["worker_rss_mb"]
                 row["start_extra_s"] = row["start_s"] - base["start_s"]
                 if design == "compact":
                     row["cached_build_s"] = _child(design, ann_file, 0, cache_dir, legacy_dir)[
@@ -241,7 +243,7 @@ def run(
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of :func:`run`'s rows."""
     keys = ("build_s", "cached_build_s", "main_mb", "peak_mb", "pickle_mb", "pickle_s", "start_s",
-            "start_extra_s", "worker_mb")  # fmt: skip
+            "start_extra_s", "worker_mb", "worker_base_mb")  # fmt: skip
     lines = [
         "| design | scale | workers | " + " | ".join(keys) + " |",
         "|---" * (3 + len(keys)) + "|",
