@@ -12,7 +12,8 @@ pixels) and measures each design in a fresh process:
 - ``build_s``: construction time (``compact``: first with an empty cache, then ``cached``);
 - ``main_mb``: resident memory the dataset adds to the main process (VmRSS after construction
   minus VmRSS after the imports), ``peak_mb`` the high-water mark over the same baseline;
-- ``pickle_mb``: bytes a DataLoader worker receives (``pickle.dumps`` of the dataset);
+- ``pickle_mb``: bytes a DataLoader worker receives (``pickle.dumps`` of the dataset), and the
+  time to pickle (``pickle_s``) and unpickle (``unpickle_s``, in the main process) them;
 - ``start_s``: from ``iter(loader)`` until every worker has returned its first batch (forkserver
   start, unpickling, one batch each), the workers sharing the machine's cores;
 - ``start_extra_s``: ``start_s`` minus the same for the 16-image dataset (what the dataset adds
@@ -165,8 +166,12 @@ def measure(design: str, ann_file: str, workers: int, cache_dir: str) -> dict[st
     out = {"build_s": time.perf_counter() - start, "main_mb": _rss_mb() - base}
     out["peak_mb"] = _rss_mb(key="VmHWM") - base
     start = time.perf_counter()
-    out["pickle_mb"] = len(pickle.dumps(dataset)) / MIB
-    out["pickle_s"] = time.perf_counter() - start
+    blob = pickle.dumps(dataset)
+    out["pickle_mb"], out["pickle_s"] = len(blob) / MIB, time.perf_counter() - start
+    start = time.perf_counter()
+    pickle.loads(blob)  # what each worker does before its first sample
+    out["unpickle_s"] = time.perf_counter() - start
+    del blob
     out.update(_serve(dataset, workers))
     return out
 
@@ -242,8 +247,8 @@ def run(
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of :func:`run`'s rows."""
-    keys = ("build_s", "cached_build_s", "main_mb", "peak_mb", "pickle_mb", "pickle_s", "start_s",
-            "start_extra_s", "worker_mb", "worker_base_mb")  # fmt: skip
+    keys = ("build_s", "cached_build_s", "main_mb", "peak_mb", "pickle_mb", "pickle_s",
+            "unpickle_s", "start_s", "start_extra_s", "worker_mb", "worker_base_mb")  # fmt: skip
     lines = [
         "| design | scale | workers | " + " | ".join(keys) + " |",
         "|---" * (3 + len(keys)) + "|",
