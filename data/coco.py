@@ -13,17 +13,9 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from data.compact import file_key, load_compact
 from data.decode import read_image
-from data.validate import (
-    BAD_BOX_POLICIES,
-    BadBoxPolicy,
-    DatasetError,
-    Problem,
-    check_structure,
-    format_problems,
-    load_coco_json,
-    sanitize_box,
-)
+from data.validate import BAD_BOX_POLICIES, BadBoxPolicy, DatasetError, load_coco_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +30,12 @@ class CocoDetection(torch.utils.data.Dataset):
     1 px after clipping or of negative size are dropped and counted in ``stats``; how loudly is
     ``bad_box_policy``: ``"skip"`` (count only), ``"warn"`` (log them) or ``"error"`` (raise).
     Structural problems (see :mod:`data.validate`) raise :class:`DatasetError` at construction.
+
+    What training reads is held in a few flat arrays (:class:`data.compact.CompactAnnotations`),
+    cached beside the annotation file (``cache``, ``cache_dir``: see
+    :func:`data.compact.load_compact`), so a DataLoader worker receives tens of MB, not the JSON.
+    The pycocotools ground truth the evaluator scores against is :attr:`coco_gt`, loaded on first
+    use by the process that scores.
 
     ``transforms`` is called as ``transforms(image=HWC uint8, bboxes=(M, 4) xyxy, labels=(M,),
     iscrowd=(M,))`` and returns the same keys (an albumentations ``Compose`` built by
@@ -54,6 +52,8 @@ class CocoDetection(torch.utils.data.Dataset):
         img_dir: str | Path,
         transforms: Callable[..., dict[str, Any]] | None = None,
         bad_box_policy: BadBoxPolicy = "skip",
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if bad_box_policy not in BAD_BOX_POLICIES:
             raise ValueError(
@@ -62,99 +62,89 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
         self.transforms = transforms
-        dataset = load_coco_json(self.ann_file)
-        problems = check_structure(dataset, self.img_dir)
-        if problems:
-            header = f"dataset {self.ann_file} with images in {self.img_dir} is not usable:"
-            raise DatasetError(format_problems(header, problems))
-        self.coco = COCO()
-        self.coco.dataset = dataset
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco.createIndex()
-
-        categories = sorted(dataset["categories"], key=lambda category: category["id"])
-        self.classes: list[dict[str, Any]] = [
-            {"id": int(category["id"]), "name": str(category["name"])} for category in categories
-        ]
+        self._data = load_compact(self.ann_file, self.img_dir, cache=cache, cache_dir=cache_dir)
+        self._ann_file_key = file_key(self.ann_file)
+        self._coco_gt: COCO | None = None
+        self.classes: list[dict[str, Any]] = self._data.classes()
         self.label_to_cat_id: list[int] = [category["id"] for category in self.classes]
         self.cat_id_to_label: dict[int, int] = {
             cat_id: label for label, cat_id in enumerate(self.label_to_cat_id)
         }
-        self._build_records(dataset, bad_box_policy)
+        self.stats: dict[str, int] = self._data.stats_dict()
+        # The policy is applied on every construction, from the cache too.
+        report = self._data.box_report()
+        if report and bad_box_policy == "error":
+            raise DatasetError(f"bad boxes in {self.ann_file}:\n{report}")
+        if report and bad_box_policy == "warn":
+            logger.warning("bad boxes in %s:\n%s", self.ann_file, report)
 
     @property
     def num_classes(self) -> int:
         """K, the number of foreground classes."""
         return len(self.classes)
 
-    def _build_records(self, dataset: dict[str, Any], bad_box_policy: BadBoxPolicy) -> None:
-        """Per image: file name, JSON size and the cleaned boxes, labels and crowd flags."""
-        stats = dict.fromkeys(
-            ("images", "images_without_boxes", "boxes", "crowd_boxes", "boxes_clipped"), 0
-        )
-        stats.update(boxes_dropped=0, boxes_negative_size=0)
-        problems: list[Problem] = []
-        self.records: list[dict[str, Any]] = []
-        for image in dataset["images"]:
-            boxes, labels, iscrowd = [], [], []
-            for ann in self.coco.imgToAnns.get(image["id"], []):
-                where = f"annotation {ann['id']} of image {image['id']} ({image['file_name']})"
-                box, problem = sanitize_box(ann["bbox"], image["width"], image["height"], where)
-                if problem is not None:
-                    problems.append(problem)
-                    if problem.kind == "outside_image" and box is not None:
-                        stats["boxes_clipped"] += 1
-                    if problem.kind == "negative_size":
-                        stats["boxes_negative_size"] += 1
-                if box is None:
-                    stats["boxes_dropped"] += 1
-                    continue
-                boxes.append(box)
-                labels.append(self.cat_id_to_label[ann["category_id"]])
-                iscrowd.append(bool(ann.get("iscrowd", 0)))
-            stats["images"] += 1
-            stats["boxes"] += len(boxes)
-            stats["crowd_boxes"] += sum(iscrowd)
-            stats["images_without_boxes"] += not boxes
-            self.records.append(
-                {
-                    "image_id": image["id"],
-                    "file_name": image["file_name"],
-                    "size": (image["height"], image["width"]),
-                    "boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
-                    "labels": np.array(labels, dtype=np.int64),
-                    "iscrowd": np.array(iscrowd, dtype=bool),
-                }
-            )
-        self.stats: dict[str, int] = stats
-        if problems and bad_box_policy == "error":
-            raise DatasetError(format_problems(f"bad boxes in {self.ann_file}:", problems))
-        if problems and bad_box_policy == "warn":
-            logger.warning(format_problems(f"bad boxes in {self.ann_file}:", problems))
+    @property
+    def coco_gt(self) -> COCO:
+        """The pycocotools ground truth (segmentations left out), for scoring bbox results.
+
+        Loaded from the annotation file on first use, so only the process that scores pays for
+        it; it is never pickled into DataLoader workers. A file changed since the dataset was
+        built raises :class:`DatasetError` instead of scoring against other boxes.
+        """
+        if self._coco_gt is None:
+            if file_key(self.ann_file) != self._ann_file_key:
+                raise DatasetError(f"{self.ann_file} changed since the dataset was built")
+            coco = COCO()
+            coco.dataset = load_coco_json(self.ann_file, drop_keys=("segmentation",))
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco.createIndex()
+            self._coco_gt = coco
+        return self._coco_gt
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker receives: the arrays, the class lists and the transforms, never the
+        pycocotools ground truth."""
+        return {**self.__dict__, "_coco_gt": None}
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._data)
+
+    def image_id(self, index: int) -> int:
+        """COCO id of image ``index``."""
+        return int(self._data.image_ids[index])
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` from the JSON."""
+        height, width = self._data.sizes[index]
+        return int(height), int(width)
+
+    def file_name(self, index: int) -> str:
+        """File name of image ``index`` (relative to ``img_dir``) as the JSON spells it."""
+        return self._data.file_name(index)
 
     def aspect_ratios(self) -> list[float]:
         """Height / width of every image from the JSON (no decoding), for batch grouping."""
-        return [record["size"][0] / record["size"][1] for record in self.records]
+        return (self._data.sizes[:, 0] / self._data.sizes[:, 1]).tolist()
+
+    def annotations(self, index: int) -> dict[str, np.ndarray]:
+        """Untransformed ``boxes`` float32 ``(M, 4)`` xyxy, ``labels`` int64 ``(M,)`` and
+        ``iscrowd`` bool ``(M,)`` of image ``index`` (no image read)."""
+        boxes, labels, iscrowd = self._data.annotations(index)
+        return {"boxes": boxes, "labels": labels, "iscrowd": iscrowd}
 
     def load(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Decoded image ``(H, W, 3)`` uint8 and its untransformed boxes, labels, crowd flags."""
-        record = self.records[index]
-        path = self.img_dir / record["file_name"]
+        path = self.img_dir / self.file_name(index)
         image = read_image(path)
-        if image.shape[:2] != record["size"]:
+        height, width = self.image_size(index)
+        if image.shape[:2] != (height, width):
             raise DatasetError(
-                f"image {record['image_id']} ({path}) decodes to {image.shape[1]}x"
-                f"{image.shape[0]} (w x h) but the JSON says {record['size'][1]}x"
-                f"{record['size'][0]}"
+                f"image {self.image_id(index)} ({path}) decodes to {image.shape[1]}x"
+                f"{image.shape[0]} (w x h) but the JSON says {width}x{height}"
             )
-        annotations = {key: record[key] for key in ("boxes", "labels", "iscrowd")}
-        return image, annotations
+        return image, self.annotations(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        record = self.records[index]
         image, annotations = self.load(index)
         boxes, labels, iscrowd = annotations["boxes"], annotations["labels"], annotations["iscrowd"]
         if self.transforms is not None:
@@ -167,8 +157,8 @@ class CocoDetection(torch.utils.data.Dataset):
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
             "iscrowd": torch.from_numpy(np.ascontiguousarray(iscrowd, dtype=bool)),
-            "image_id": int(record["image_id"]),
-            "orig_size": tuple(record["size"]),
+            "image_id": self.image_id(index),
+            "orig_size": self.image_size(index),
             "size": (int(image.shape[0]), int(image.shape[1])),
         }
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -125,14 +125,22 @@ class Report:
             )
 
 
-def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
-    """Read ``ann_file`` as JSON; a missing or unparsable file raises :class:`DatasetError`."""
+def load_coco_json(ann_file: str | Path, drop_keys: Collection[str] = ()) -> dict[str, Any]:
+    """Read ``ann_file`` as JSON; a missing or unparsable file raises :class:`DatasetError`.
+
+    Keys in ``drop_keys`` are removed from every object as it is parsed, so that e.g. COCO's
+    polygons (most of the file) are never all in memory at once.
+    """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DatasetError(f"annotation file not found: {ann_file}")
+    hook = None
+    if drop_keys:
+        drop = frozenset(drop_keys)
+        hook = lambda pairs: {key: value for key, value in pairs if key not in drop}
     try:
         with ann_file.open("rb") as handle:
-            return json.load(handle)
+            return json.load(handle, object_pairs_hook=hook)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"annotation file {ann_file} is not valid JSON: {error}") from error
 

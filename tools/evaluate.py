@@ -56,7 +56,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
         model,
         postprocessor,
         loader,
-        dataset.coco,
+        dataset.coco_gt if ctx.is_main else None,  # only rank 0 scores
         [c["id"] for c in classes],
         ctx.device,
         MixedPrecision(ctx.device, cfg.amp),

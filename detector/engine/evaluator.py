@@ -199,13 +199,14 @@ def evaluate(
     model: nn.Module,
     postprocessor: nn.Module,
     loader: Iterable,
-    coco_gt: COCO,
+    coco_gt: COCO | None,
     label_to_cat_id: Sequence[int],
     device: torch.device,
     precision: MixedPrecision | None = None,
     keep_samples: int = 0,
 ) -> tuple[dict[str, Any] | None, Predictions]:
-    """Predict on every rank, gather, and score on rank 0 (other ranks get ``None`` metrics)."""
+    """Predict on every rank, gather, and score on rank 0 (other ranks get ``None`` metrics;
+    ``coco_gt`` is read on rank 0 only, so the others may pass ``None``)."""
     local = predict(model, postprocessor, loader, label_to_cat_id, device, precision, keep_samples)
     merged = gather_predictions(local)
     rank, _ = rank_and_world_size()

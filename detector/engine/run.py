@@ -251,7 +251,8 @@ class Driver:
         """COCO evaluation on ``val``: log it, keep it as the run's metrics, save ``best.pt``."""
         run = self.run
         metrics, predictions = evaluate(
-            run.model, run.postprocessor, run.val_loader, run.val_set.coco,
+            run.model, run.postprocessor, run.val_loader,
+            run.val_set.coco_gt if run.ctx.is_main else None,  # only rank 0 scores
             run.val_set.label_to_cat_id, run.ctx.device, run.precision,
             keep_samples=run.train.vis_images if run.ctx.is_main else 0,
         )  # fmt: skip

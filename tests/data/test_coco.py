@@ -64,7 +64,7 @@ def test_boxes_match_pycocotools(tiny_coco):
     """Unclipped, valid boxes equal pycocotools' xywh converted independently."""
     ann_file, img_dir, _ = tiny_coco
     dataset = CocoDetection(ann_file, img_dir)
-    ann = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=[10]))[0]
+    ann = dataset.coco_gt.loadAnns(dataset.coco_gt.getAnnIds(imgIds=[10]))[0]
     x, y, w, h = ann["bbox"]
     assert dataset[0][1]["boxes"][0].tolist() == [x, y, x + w, y + h]
 

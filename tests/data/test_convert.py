@@ -94,16 +94,16 @@ def test_raccoon_voc(tmp_path, raccoon):
     coco = voc_to_coco(raccoon / "annotations", raccoon / "images")
     out = write_coco(coco, tmp_path / "raccoon.json")
     dataset = CocoDetection(out, raccoon / "images", bad_box_policy="error")
-    assert len(dataset.coco.getImgIds()) == 200 and len(dataset.coco.getAnnIds()) == 217
+    assert len(dataset.coco_gt.getImgIds()) == 200 and len(dataset.coco_gt.getAnnIds()) == 217
     assert dataset.classes == [{"id": 1, "name": "raccoon"}]
     assert validate_coco(out, raccoon / "images").problems == []
     grayscale = {"raccoon-150.jpg", "raccoon-152.jpg", "raccoon-161.jpg"}
     boxes = 0
-    for index, record in enumerate(dataset.records):
-        if record["file_name"] in grayscale:
+    for index in range(len(dataset)):
+        if dataset.file_name(index) in grayscale:
             image, target = dataset[index]  # decoding the three grayscale photos gives RGB
-            assert image.shape == (3, *record["size"])
-        boxes += len(record["boxes"])
+            assert image.shape == (3, *dataset.image_size(index))
+        boxes += len(dataset.annotations(index)["boxes"])
     assert boxes == 217 and len(dataset) == 200
 
 
