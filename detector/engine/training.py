@@ -31,6 +31,7 @@ from detector.engine.distributed import (
     broadcast_object,
     init_distributed,
 )
+from detector.engine.eval_report_files import ResultsLog, eval_settings, record_evaluation
 from detector.engine.evaluator import evaluate, format_summary
 from detector.engine.optim import build_lr_scheduler, build_sgd, scaled_lr
 from detector.engine.precision import MixedPrecision
@@ -110,6 +111,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
     ``run_dir`` is rank 0's (other ranks' Hydra directories may differ by a clock tick).
     """
     train, optim = validate_config(cfg)
+    evaluation = eval_settings(cfg.get("evaluation"))
     ctx = init_distributed(train.device)
     run_dir = Path(broadcast_object(str(run_dir)))
     if train.batch_size % ctx.world_size:
@@ -172,6 +174,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
         val_set, cfg.data.val.get("batch_size", 1), num_workers=train.workers, pin_memory=pin
     )
     writer = SummaryWriter(run_dir if ctx.is_main else None)
+    results = ResultsLog(run_dir if ctx.is_main else None, start_iter)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     state: dict[str, Any] = {"metrics": {}, "best_ap": best_ap}
 
@@ -199,6 +202,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
             ctx.device,
             precision,
             keep_samples=train.vis_images if ctx.is_main else 0,
+            backend=evaluation.backend,
         )
         if metrics is None:
             return
@@ -212,6 +216,8 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
         )
         writer.detection_images(predictions.samples, class_names, iteration, train.vis_score_thresh)
         logger.info("iteration %d: AP %.2f, AP50 %.2f", iteration, metrics["AP"], metrics["AP50"])
+        record_evaluation(run_dir, iteration, metrics, val_set.coco, predictions, evaluation,
+                          writer, results)  # fmt: skip
         if metrics["AP"] > state["best_ap"]:
             state["best_ap"] = metrics["AP"]
             save_checkpoint(run_dir / BEST, checkpoint(iteration))
@@ -241,6 +247,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> TrainingResult:
         settings,
         on_evaluate=on_evaluate,
         on_checkpoint=on_checkpoint,
+        on_log=results.log,
         writer=writer,
         is_main=ctx.is_main,
     )
