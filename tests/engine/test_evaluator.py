@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,29 +98,17 @@ def _noisy_results(gt: COCO) -> list[dict]:
     return results
 
 
-def _pycocotools(gt: COCO, results: list[dict], cat_ids: list[int] | None = None) -> COCOeval:
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
-        if cat_ids is not None:
-            evaluator.params.catIds = cat_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    evaluator.printed = out.getvalue()
-    return evaluator
-
-
-def test_metrics_equal_pycocotools(gt: COCO) -> None:
+def test_metrics_equal_pycocotools(gt: COCO, pycocotools_eval: Callable) -> None:
     results = _noisy_results(gt)
     metrics = coco_evaluate(gt, results)
-    reference = _pycocotools(gt, results)
+    reference = pycocotools_eval(gt, results)
     expected = [v * 100 if v >= 0 else -1 for v in reference.stats]
     assert [metrics[k] for k in STAT_NAMES] == pytest.approx(expected)
     assert 0 < metrics["AP"] < 100
     assert metrics["num_detections"] == len(results)
     # Per-class AP equals pycocotools run on that class alone.
     for cat_id, name in ((3, "cat"), (7, "dog")):
-        alone = _pycocotools(gt, results, cat_ids=[cat_id])
+        alone = pycocotools_eval(gt, results, cat_ids=[cat_id])
         assert metrics["per_class_AP"][name] == pytest.approx(alone.stats[0] * 100)
     assert metrics["per_class_AP"]["eel"] is None
     # The printed summary is pycocotools' own, line for line.
@@ -251,8 +240,7 @@ def _load(path: Path) -> COCO:
         return COCO(str(path))
 
 
-def _assert_backends_equal_pycocotools(gt: COCO, results: list[dict]) -> None:
-    reference = _pycocotools(gt, results)
+def _assert_backends_equal_pycocotools(gt: COCO, results: list[dict], reference: COCOeval) -> None:
     precision = reference.eval["precision"][:, :, :, 0, -1]
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     expected_per_class = {}
@@ -276,30 +264,37 @@ def _assert_backends_equal_pycocotools(gt: COCO, results: list[dict]) -> None:
                 assert got == pytest.approx(expected, abs=1e-6), name
 
 
-def test_backends_equal_pycocotools_on_the_synthetic_data(synthetic_root: Path) -> None:
+def test_backends_equal_pycocotools_on_the_synthetic_data(
+    synthetic_root: Path, pycocotools_eval: Callable
+) -> None:
     ann = synthetic_root / "annotations" / "instances_train.json"
     gt = _load(ann)
     results = _perturbed(json.loads(ann.read_text()), seed=2, drop_images=1)
     assert 0 < coco_evaluate(gt, results, "pycocotools")["AP"] < 100
-    _assert_backends_equal_pycocotools(gt, results)
+    _assert_backends_equal_pycocotools(gt, results, pycocotools_eval(gt, results))
 
 
-def test_backends_equal_pycocotools_on_the_raccoon_photos(tmp_path: Path) -> None:
+def test_backends_equal_pycocotools_on_the_raccoon_photos(
+    tmp_path: Path, pycocotools_eval: Callable
+) -> None:
     if not RACCOON.is_dir():
         pytest.skip(f"shared raccoon dataset not found at {RACCOON} (set FOCALDET_SHARED)")
     dataset = voc_to_coco(RACCOON / "annotations", RACCOON / "images")
     gt = _load(write_coco(dataset, tmp_path / "raccoon.json"))
     assert len(gt.getImgIds()) == 200
-    _assert_backends_equal_pycocotools(gt, _perturbed(dataset, seed=3, drop_images=10))
+    results = _perturbed(dataset, seed=3, drop_images=10)
+    _assert_backends_equal_pycocotools(gt, results, pycocotools_eval(gt, results))
 
 
-def test_backends_equal_pycocotools_with_crowd_and_empty_images() -> None:
+def test_backends_equal_pycocotools_with_crowd_and_empty_images(
+    pycocotools_eval: Callable,
+) -> None:
     dataset = _crowd_case()
     gt = _coco(dataset)
     results = _crowd_case_results(dataset)
-    reference = _pycocotools(gt, results)
+    reference = pycocotools_eval(gt, results)
     assert -1 in reference.stats or (reference.eval["precision"] == -1).any()  # undefined parts
-    _assert_backends_equal_pycocotools(gt, results)
+    _assert_backends_equal_pycocotools(gt, results, reference)
 
 
 def test_auto_backend_and_bad_names(monkeypatch: pytest.MonkeyPatch, gt: COCO) -> None:
