@@ -153,8 +153,12 @@ def plot_confusion(report: EvalReport, path: Path, normalised: bool) -> Path:
     """The confusion matrix as an image (counts written in the cells up to 20 classes)."""
     values = normalise_rows(report.confusion) if normalised else report.confusion.astype(float)
     labels = [*report.class_names, "background"]
-    side = max(6.0, 0.25 * len(labels) + 3)
-    fig = Figure(figsize=(side, side * 0.85), layout="constrained")
+    side = max(6.0, 0.16 * len(labels) + 3)
+    fig = Figure(figsize=(side + 1, side))
+    # Margins from the longest name (≈0.09 in per character at this font size) instead of a
+    # constrained layout, which redraws the 2(K+1) tick labels several times (seconds at K=80).
+    margin = (0.09 * max(len(n) for n in labels) + 0.7) / side
+    fig.subplots_adjust(left=margin, bottom=margin, right=0.98, top=1 - 0.6 / side)
     ax = fig.subplots()
     shown = np.ma.masked_invalid(values)
     image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalised else None)

@@ -120,17 +120,20 @@ def to_coco_array(
     """
     if not detections:
         return np.zeros((0, 7))
-    counts = torch.tensor([len(d["scores"]) for d in detections])
-    boxes = torch.cat([d["boxes"] for d in detections]).float().cpu().double()
-    scores = torch.cat([d["scores"] for d in detections]).float().cpu().double()
-    labels = torch.cat([d["labels"] for d in detections]).cpu().long()
-    out = torch.empty((len(scores), 7), dtype=torch.float64)
-    out[:, 0] = torch.tensor(list(image_ids), dtype=torch.float64).repeat_interleave(counts)
-    out[:, 1:3] = boxes[:, :2]
-    out[:, 3:5] = boxes[:, 2:] - boxes[:, :2]
-    out[:, 5] = scores
-    out[:, 6] = torch.tensor(list(label_to_cat_id), dtype=torch.float64)[labels]
-    return out.numpy()
+    # boxes, score and label side by side on the device, then a single copy to the host
+    # (labels < 2**24 are exact in float32).
+    packed = torch.cat(
+        [torch.cat([d["boxes"].float(), d["scores"].float()[:, None], d["labels"][:, None]], 1)
+         for d in detections]
+    ).cpu().numpy().astype(np.float64)  # fmt: skip
+    counts = [len(d["scores"]) for d in detections]
+    out = np.empty((len(packed), 7))
+    out[:, 0] = np.repeat(np.asarray(image_ids, dtype=np.float64), counts)
+    out[:, 1:3] = packed[:, :2]
+    out[:, 3:5] = packed[:, 2:4] - packed[:, :2]
+    out[:, 5] = packed[:, 4]
+    out[:, 6] = np.asarray(label_to_cat_id, dtype=np.float64)[packed[:, 5].astype(np.int64)]
+    return out
 
 
 def coco_results(detections: np.ndarray) -> list[dict[str, Any]]:
@@ -271,20 +274,16 @@ def _results_coco(coco_cls: type, coco_gt: Any, detections: np.ndarray) -> Any:
     return coco_dt
 
 
-def _cocoeval(coco_gt: COCO, detections: np.ndarray, backend: str) -> Any:
-    """A COCOeval of ``backend`` over ``detections``, evaluated, accumulated and summarised."""
+def build_cocoeval(coco_gt: COCO, detections: np.ndarray, backend: str) -> Any:
+    """A COCOeval of ``backend`` (resolved, see :func:`resolve_backend`) over the ``(D, 7)``
+    ``detections``, ready for ``evaluate``, ``accumulate`` and ``summarize``."""
     if backend == "faster_coco_eval":
         import faster_coco_eval
 
         gt = faster_coco_eval.COCO(coco_gt.dataset)  # shares the annotation dicts, no copy
         dt = _results_coco(faster_coco_eval.COCO, gt, detections)
-        evaluator = faster_coco_eval.COCOeval_faster(gt, dt, "bbox", print_function=lambda *a: 0)
-    else:
-        evaluator = COCOeval(coco_gt, _results_coco(COCO, coco_gt, detections), iouType="bbox")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return evaluator
+        return faster_coco_eval.COCOeval_faster(gt, dt, "bbox", print_function=lambda *a: 0)
+    return COCOeval(coco_gt, _results_coco(COCO, coco_gt, detections), iouType="bbox")
 
 
 def coco_score(
@@ -294,7 +293,10 @@ def coco_score(
     ``backend``; returns the summary and the accumulated arrays."""
     name = resolve_backend(backend)
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = _cocoeval(coco_gt, detections_array(results), name)
+        evaluator = build_cocoeval(coco_gt, detections_array(results), name)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
     params = evaluator.params
     return CocoScores(
         stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
