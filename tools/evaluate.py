@@ -3,9 +3,11 @@
 ``postprocess.score_thresh=…`` (and ``topk_candidates``, ``nms_thresh``, ``detections_per_img``)
 replace the checkpoint's post-processing settings.
 
-Prints pycocotools' 12-number summary and the AP of each class, and writes ``metrics.json`` and
-``predictions.json`` (COCO results) to the run directory. Works under ``torchrun`` (each process
-predicts a share of the images; rank 0 scores them).
+Prints pycocotools' 12-number summary, the AP of each class and the F1-maximising score threshold,
+and writes ``metrics.json``, ``predictions.json`` (COCO results) and the report (PR curves,
+confusion matrix, F1 curve, per-class tables; see ``detector/engine/eval_report_files.py``) to the
+run directory. ``evaluation.backend=pycocotools`` scores with the reference implementation. Works
+under ``torchrun`` (each process predicts a share of the images; rank 0 scores them).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.cli import CONFIG_DIR, preflight_argv
 from detector.engine.config import exit_on_config_error, validate_evaluate
 from detector.engine.distributed import cleanup, init_distributed
+from detector.engine.eval_report_files import describe_f1, eval_settings, write_eval_report
 from detector.engine.evaluator import evaluate, format_summary
-from detector.engine.events import write_metrics
+from detector.engine.events import EventWriter, write_metrics
 from detector.engine.precision import MixedPrecision
 
 logger = logging.getLogger("focaldet.evaluate")
@@ -37,6 +40,7 @@ logger = logging.getLogger("focaldet.evaluate")
 def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data.val``; return the metrics (rank 0)."""
     validate_evaluate(cfg)
+    settings = eval_settings(cfg.get("evaluation"))
     ctx = init_distributed(cfg.device)
     checkpoint = load_checkpoint(cfg.checkpoint)
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
@@ -60,6 +64,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
         [c["id"] for c in classes],
         ctx.device,
         MixedPrecision(ctx.device, cfg.amp),
+        backend=settings.backend,
     )
     cleanup()
     if metrics is None:
@@ -67,8 +72,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     metrics = {"checkpoint": str(cfg.checkpoint), **metrics}
     write_metrics(out_dir / "metrics.json", metrics)
     (out_dir / "predictions.json").write_text(json.dumps(predictions.results))
+    writer = EventWriter(out_dir)  # the PR curves, for TensorBoard
+    report = write_eval_report(out_dir, dataset.coco_gt, predictions, settings, writer)
+    writer.close()
     print(f"{cfg.checkpoint} on {cfg.data.val.ann_file}:\n{format_summary(metrics)}")
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'predictions.json'}")
+    if report is not None:
+        print(describe_f1(report))
+    print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'predictions.json'} and the report")
     return metrics
 
 

@@ -1,14 +1,21 @@
-"""COCO evaluation: run the detector over a loader, gather across ranks, score with pycocotools.
+"""COCO evaluation: run the detector over a loader, gather across ranks, score COCO-style.
 
 Metrics are pycocotools' 12 summary numbers (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
 ARs, ARm, ARl) on a 0–100 scale, plus AP per class. A split with no ground truth in an area range
 gives -1 there, as pycocotools does. A model that detects nothing scores 0 instead of crashing
 in ``COCO.loadRes([])``.
+
+Detections travel as one ``(D, 7)`` float64 array per evaluation, in pycocotools' numpy results
+layout ``[image_id, x, y, w, h, score, category_id]`` (:data:`DETECTION_COLUMNS`), never as D
+Python dicts: at COCO scale (5,000 images × 100 detections) the dicts cost seconds and hundreds
+of MB. Scoring uses faster-coco-eval where installed (its C++ evaluate/accumulate give the same
+arrays as pycocotools), else pycocotools; ``backend=pycocotools`` forces the reference.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +35,12 @@ STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
 )  # fmt: skip
 """Names of ``COCOeval.stats`` in order."""
+
+DETECTION_COLUMNS = ("image_id", "x", "y", "w", "h", "score", "category_id")
+"""Columns of a detections array (pycocotools' ``loadNumpyAnnotations`` layout; xywh pixels)."""
+
+EVAL_BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+"""``auto``: faster-coco-eval where installed, else pycocotools (the reference)."""
 
 _SUMMARY_LINES = (
     ("Average Precision", "0.50:0.95", "all", 100),
@@ -56,12 +69,80 @@ class Sample:
 
 
 @dataclass
-class Predictions:
-    """COCO-format results of one rank, and the samples it kept for drawing."""
+class CocoScores:
+    """What COCOeval accumulated: the arrays behind the summary, PR curves and per-class tables.
 
-    results: list[dict[str, Any]] = field(default_factory=list)
-    image_ids: list[int] = field(default_factory=list)
+    T IoU thresholds (.5:.05:.95), R recall points (101), K categories, A area ranges (all, small,
+    medium, large), M max-detection limits (1, 10, 100); -1 marks an undefined entry (no ground
+    truth), as in pycocotools.
+    """
+
+    stats: np.ndarray
+    """``(12,)`` the summary numbers on a 0–1 scale, in :data:`STAT_NAMES` order."""
+    precision: np.ndarray
+    """``(T, R, K, A, M)`` interpolated precision at each recall point."""
+    recall: np.ndarray
+    """``(T, K, A, M)`` the highest recall reached."""
+    iou_thrs: np.ndarray
+    rec_thrs: np.ndarray
+    cat_ids: list[int]
+    max_dets: list[int]
+    backend: str
+
+
+@dataclass
+class Predictions:
+    """COCO-format detections of one rank (or of all, once gathered) and the kept samples."""
+
+    detections: np.ndarray = field(default_factory=lambda: np.zeros((0, 7)))
+    """``(D, 7)`` float64 in :data:`DETECTION_COLUMNS` order, original-image pixels."""
+    image_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """``(I,)`` every image predicted on, with or without detections."""
     samples: list[Sample] = field(default_factory=list)
+    scores: CocoScores | None = None
+    """Rank 0's COCOeval arrays once :func:`evaluate` has scored (``None`` elsewhere)."""
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The detections as COCO result dicts (for ``predictions.json``)."""
+        return coco_results(self.detections)
+
+
+def to_coco_array(
+    detections: Sequence[dict[str, torch.Tensor]],
+    image_ids: Sequence[int],
+    label_to_cat_id: Sequence[int],
+) -> np.ndarray:
+    """N images' detections (``boxes (D_i, 4)`` xyxy, ``scores (D_i,)``, ``labels (D_i,)``) as
+    one ``(ΣD_i, 7)`` array in :data:`DETECTION_COLUMNS` order with the dataset's category ids.
+
+    One device-to-host copy for the whole batch; widths and heights are taken in float64 from
+    the float32 corners.
+    """
+    if not detections:
+        return np.zeros((0, 7))
+    # boxes, score and label side by side on the device, then a single copy to the host
+    # (labels < 2**24 are exact in float32).
+    packed = torch.cat(
+        [torch.cat([d["boxes"].float(), d["scores"].float()[:, None], d["labels"][:, None]], 1)
+         for d in detections]
+    ).cpu().numpy().astype(np.float64)  # fmt: skip
+    counts = [len(d["scores"]) for d in detections]
+    out = np.empty((len(packed), 7))
+    out[:, 0] = np.repeat(np.asarray(image_ids, dtype=np.float64), counts)
+    out[:, 1:3] = packed[:, :2]
+    out[:, 3:5] = packed[:, 2:4] - packed[:, :2]
+    out[:, 5] = packed[:, 4]
+    out[:, 6] = np.asarray(label_to_cat_id, dtype=np.float64)[packed[:, 5].astype(np.int64)]
+    return out
+
+
+def coco_results(detections: np.ndarray) -> list[dict[str, Any]]:
+    """A ``(D, 7)`` detections array as COCO result dicts (``bbox`` xywh, dataset category ids)."""
+    return [
+        {"image_id": int(r[0]), "category_id": int(r[6]), "bbox": r[1:5], "score": r[5]}
+        for r in detections.tolist()
+    ]
 
 
 def to_coco_results(
@@ -69,14 +150,17 @@ def to_coco_results(
 ) -> list[dict[str, Any]]:
     """One image's detections (``boxes (D, 4)`` xyxy, ``scores (D,)``, ``labels (D,)``) as COCO
     result entries with ``bbox`` in xywh and the dataset's category ids."""
-    boxes = detections["boxes"].float().cpu()
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = detections["scores"].float().cpu().tolist()
-    labels = detections["labels"].cpu().tolist()
-    return [
-        {"image_id": image_id, "category_id": label_to_cat_id[label], "bbox": box, "score": score}
-        for box, score, label in zip(xywh, scores, labels, strict=True)
-    ]
+    return coco_results(to_coco_array([detections], [image_id], label_to_cat_id))
+
+
+def detections_array(results: np.ndarray | Sequence[dict[str, Any]]) -> np.ndarray:
+    """COCO results (a ``(D, 7)`` array or result dicts) as a ``(D, 7)`` float64 array."""
+    if isinstance(results, np.ndarray):
+        if results.ndim != 2 or results.shape[1] != 7:
+            raise ValueError(f"detections array must be (D, 7), got {results.shape}")
+        return results.astype(np.float64, copy=False)
+    rows = [[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in results]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7)
 
 
 def _scale_to_input(detections: dict[str, torch.Tensor], target: dict[str, Any]) -> dict:
@@ -103,6 +187,8 @@ def predict(
     model.eval()
     precision = precision or MixedPrecision(device)
     out = Predictions()
+    chunks: list[np.ndarray] = []
+    image_ids: list[int] = []
     try:
         for batch in loader:
             images = batch.images.to(device, non_blocking=True)
@@ -111,71 +197,138 @@ def predict(
                 outputs = model(images, sizes)
             orig_sizes = torch.tensor([t["orig_size"] for t in batch.targets], device=device)
             detections = postprocessor(outputs, orig_sizes)
+            ids = [t["image_id"] for t in batch.targets]
+            chunks.append(to_coco_array(detections, ids, label_to_cat_id))
+            image_ids += ids
             for i, (det, target) in enumerate(zip(detections, batch.targets, strict=True)):
-                out.results += to_coco_results(det, target["image_id"], label_to_cat_id)
-                out.image_ids.append(target["image_id"])
                 if len(out.samples) < keep_samples:
                     h, w = target["size"]
                     det_cpu = {k: v.cpu() for k, v in _scale_to_input(det, target).items()}
                     out.samples.append(Sample(batch.images[i, :, :h, :w], det_cpu, target))
     finally:
         model.train(was_training)
+    out.detections = np.concatenate(chunks) if chunks else np.zeros((0, 7))
+    out.image_ids = np.asarray(image_ids, dtype=np.int64)
     return out
 
 
 def gather_predictions(local: Predictions) -> Predictions:
-    """Merge every rank's predictions; images a padded sampler gave twice are counted once."""
-    merged = Predictions()
-    seen: set[int] = set()
-    for part in all_gather_objects(Predictions(local.results, local.image_ids)):
-        new_ids = set(part.image_ids) - seen
-        merged.results += [r for r in part.results if r["image_id"] in new_ids]
-        merged.image_ids += sorted(new_ids)
-        seen |= new_ids
-    merged.samples = local.samples
-    return merged
+    """Merge every rank's predictions; images a padded sampler gave twice are counted once.
+
+    A single process gets its own array back (no copy).
+    """
+    parts: list[np.ndarray] = []
+    seen = np.zeros(0, dtype=np.int64)
+    for detections, image_ids in all_gather_objects((local.detections, local.image_ids)):
+        new = np.setdiff1d(image_ids, seen)
+        keep = np.isin(detections[:, 0], new)
+        parts.append(detections if keep.all() else detections[keep])
+        seen = np.union1d(seen, new)
+    merged = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return Predictions(merged, seen, local.samples)
 
 
-def _empty_results(coco_gt: COCO) -> COCO:
-    """A results COCO with no detections (``loadRes`` indexes ``anns[0]`` and crashes on [])."""
-    coco_dt = COCO()
+def resolve_backend(backend: str) -> str:
+    """The scoring backend ``backend`` names (``auto`` resolved); one-line error if unusable."""
+    if backend not in EVAL_BACKENDS:
+        raise ValueError(f"eval backend must be one of {', '.join(EVAL_BACKENDS)}, got {backend!r}")
+    installed = importlib.util.find_spec("faster_coco_eval") is not None
+    if backend == "faster_coco_eval" and not installed:
+        raise ValueError(
+            "eval backend faster_coco_eval is not installed (pip install faster-coco-eval), "
+            "choose auto or pycocotools"
+        )
+    if backend == "auto":
+        return "faster_coco_eval" if installed else "pycocotools"
+    return backend
+
+
+def _results_coco(coco_cls: type, coco_gt: Any, detections: np.ndarray) -> Any:
+    """What ``coco_gt.loadRes`` builds for bbox results, from the array in one pass (and for an
+    empty array too, where pycocotools' ``loadRes([])`` raises IndexError)."""
+    known = np.asarray(coco_gt.getImgIds(), dtype=np.float64)
+    unknown = np.setdiff1d(detections[:, 0], known)
+    if unknown.size:
+        raise ValueError(
+            f"detections name image ids the ground truth does not have: {unknown[:5].astype(int)}"
+        )
+    area = detections[:, 3] * detections[:, 4]
+    rows = np.column_stack([detections, area]).tolist()
+    annotations = [
+        {"image_id": int(i), "bbox": [x, y, w, h], "score": s, "category_id": int(c), "area": a,
+         "id": n, "iscrowd": 0}
+        for n, (i, x, y, w, h, s, c, a) in enumerate(rows, start=1)
+    ]  # fmt: skip
+    coco_dt = coco_cls()
     coco_dt.dataset = {
         "images": list(coco_gt.dataset["images"]),
-        "categories": list(coco_gt.dataset["categories"]),
-        "annotations": [],
+        "categories": [dict(c) for c in coco_gt.dataset["categories"]],
+        "annotations": annotations,
     }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt.createIndex()
+    coco_dt.createIndex()
     return coco_dt
 
 
-def coco_evaluate(coco_gt: COCO, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Score COCO-format ``results`` against ``coco_gt`` with pycocotools' bbox evaluation.
+def build_cocoeval(coco_gt: COCO, detections: np.ndarray, backend: str) -> Any:
+    """A COCOeval of ``backend`` (resolved, see :func:`resolve_backend`) over the ``(D, 7)``
+    ``detections``, ready for ``evaluate``, ``accumulate`` and ``summarize``."""
+    if backend == "faster_coco_eval":
+        import faster_coco_eval
 
-    Returns ``AP`` … ``ARl`` (×100; -1 where undefined), ``per_class_AP`` (class name → AP×100,
-    ``None`` for a class without ground truth) and ``num_detections``.
-    """
+        gt = faster_coco_eval.COCO(coco_gt.dataset)  # shares the annotation dicts, no copy
+        dt = _results_coco(faster_coco_eval.COCO, gt, detections)
+        return faster_coco_eval.COCOeval_faster(gt, dt, "bbox", print_function=lambda *a: 0)
+    return COCOeval(coco_gt, _results_coco(COCO, coco_gt, detections), iouType="bbox")
+
+
+def coco_score(
+    coco_gt: COCO, results: np.ndarray | Sequence[dict[str, Any]], backend: str = "auto"
+) -> CocoScores:
+    """Score COCO results (:func:`detections_array` input) with the bbox evaluation of
+    ``backend``; returns the summary and the accumulated arrays."""
+    name = resolve_backend(backend)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = build_cocoeval(coco_gt, detections_array(results), name)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    params = evaluator.params
+    return CocoScores(
+        stats=np.asarray(evaluator.stats[:12], dtype=np.float64),
+        precision=np.asarray(evaluator.eval["precision"]),
+        recall=np.asarray(evaluator.eval["recall"]),
+        iou_thrs=np.asarray(params.iouThrs),
+        rec_thrs=np.asarray(params.recThrs),
+        cat_ids=[int(c) for c in params.catIds],
+        max_dets=[int(m) for m in params.maxDets],
+        backend=name,
+    )
+
+
+def scores_to_metrics(scores: CocoScores, coco_gt: COCO, num_detections: int) -> dict[str, Any]:
+    """``AP`` … ``ARl`` (×100; -1 where undefined), ``per_class_AP`` (class name → AP×100,
+    ``None`` for a class without ground truth) and ``num_detections``."""
     metrics: dict[str, Any] = {
         name: float(v * 100) if v >= 0 else -1.0
-        for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)
+        for name, v in zip(STAT_NAMES, scores.stats, strict=True)
     }
-    # precision: (T iou thresholds, R recall points, K classes, A areas, M max-dets); area "all",
-    # 100 detections, as the summary's first line.
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    # Area "all", 100 detections, as the summary's first line.
+    precision = scores.precision[:, :, :, 0, -1]
     names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     per_class: dict[str, float | None] = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
+    for k, cat_id in enumerate(scores.cat_ids):
         valid = precision[:, :, k][precision[:, :, k] > -1]
         per_class[names[cat_id]] = float(np.mean(valid) * 100) if valid.size else None
     metrics["per_class_AP"] = per_class
-    metrics["num_detections"] = len(results)
+    metrics["num_detections"] = num_detections
     return metrics
+
+
+def coco_evaluate(
+    coco_gt: COCO, results: np.ndarray | Sequence[dict[str, Any]], backend: str = "auto"
+) -> dict[str, Any]:
+    """Score COCO-format ``results`` against ``coco_gt``; see :func:`scores_to_metrics`."""
+    return scores_to_metrics(coco_score(coco_gt, results, backend), coco_gt, len(results))
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
@@ -204,11 +357,17 @@ def evaluate(
     device: torch.device,
     precision: MixedPrecision | None = None,
     keep_samples: int = 0,
+    backend: str = "auto",
 ) -> tuple[dict[str, Any] | None, Predictions]:
     """Predict on every rank, gather, and score on rank 0 (other ranks get ``None`` metrics;
-    ``coco_gt`` is read on rank 0 only, so the others may pass ``None``)."""
+    ``coco_gt`` is read on rank 0 only, so the others may pass ``None``).
+
+    Rank 0's returned predictions carry the COCOeval arrays in ``scores`` (for the report).
+    """
     local = predict(model, postprocessor, loader, label_to_cat_id, device, precision, keep_samples)
     merged = gather_predictions(local)
     rank, _ = rank_and_world_size()
-    metrics = coco_evaluate(coco_gt, merged.results) if rank == 0 else None
-    return metrics, merged
+    if rank != 0:
+        return None, merged
+    merged.scores = coco_score(coco_gt, merged.detections, backend)
+    return scores_to_metrics(merged.scores, coco_gt, len(merged.detections)), merged

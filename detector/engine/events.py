@@ -56,6 +56,16 @@ class EventWriter:
             )
             self._writer.add_image(f"val/image_{i}", drawn, step)
 
+    def pr_curve(
+        self, tag: str, precision: Sequence[float], recall: Sequence[float], step: int
+    ) -> None:
+        """A PR curve computed elsewhere (COCO's precision at each recall point), points in
+        TensorBoard's order: recall falling; the counts it shows on hover are left at 0."""
+        if self._writer is not None:
+            zeros = [0] * len(precision)
+            self._writer.add_pr_curve_raw(tag, zeros, zeros, zeros, zeros, precision, recall,
+                                          step, num_thresholds=len(precision))  # fmt: skip
+
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if self._writer is not None:
             self._writer.add_text(tag, text, step)

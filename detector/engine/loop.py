@@ -83,6 +83,7 @@ class Trainer:
         settings: see :class:`LoopSettings`.
         on_evaluate: called with the iteration count at each evaluation point (and the end).
         on_checkpoint: called with the iteration count at each checkpoint point (and the end).
+        on_log: called with the iteration count and the logged values at each log interval.
         writer: TensorBoard writer (disabled on ranks other than 0).
         is_main: whether this process shows the progress bar.
     """
@@ -99,6 +100,7 @@ class Trainer:
         settings: LoopSettings,
         on_evaluate: Callable[[int], None] | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
         writer: EventWriter | None = None,
         is_main: bool = True,
     ) -> None:
@@ -112,6 +114,7 @@ class Trainer:
         self.settings = settings
         self.on_evaluate = on_evaluate
         self.on_checkpoint = on_checkpoint
+        self.on_log = on_log
         self.writer = writer or EventWriter(None)
         self.is_main = is_main
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -210,6 +213,8 @@ class Trainer:
         values.update(timing)
         self.history.append({"iteration": iteration, **values})
         self.writer.scalars(values, iteration)
+        if self.on_log is not None:
+            self.on_log(iteration, values)
         bar.set_postfix({k: f"{v:.3f}" for k, v in averaged.items()}, refresh=False)
         logger.debug("iter %d: %s", iteration, values)
 

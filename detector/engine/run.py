@@ -31,6 +31,12 @@ from detector.engine.distributed import (
     broadcast_object,
     init_distributed,
 )
+from detector.engine.eval_report_files import (
+    EvalSettings,
+    ResultsLog,
+    eval_settings,
+    record_evaluation,
+)
 from detector.engine.evaluator import evaluate, format_summary
 from detector.engine.events import EventWriter, write_metrics
 from detector.engine.loop import Trainer
@@ -99,6 +105,10 @@ class Run:
     postprocess_config: dict[str, Any]
     config: dict[str, Any]
     """The resolved config, as saved in ``config.yaml`` and in every checkpoint."""
+    evaluation: EvalSettings
+    """How evaluations are scored and reported (``evaluation.*``)."""
+    results: ResultsLog
+    """``results.csv`` / ``results.png``, a row per log interval and evaluation (rank 0)."""
     start_iter: int = 0
     best_ap: float = -1.0
     """AP of ``best.pt`` (-1: none yet)."""
@@ -185,6 +195,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
     ``run_dir`` is rank 0's (other ranks' Hydra directories may differ by a clock tick).
     """
     train, optim = validate_config(cfg)
+    evaluation = eval_settings(cfg.get("evaluation"))
     ctx = init_distributed(train.device)
     run_dir = Path(broadcast_object(str(run_dir)))
     if train.batch_size % ctx.world_size:
@@ -219,6 +230,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
         precision, *datasets, train_loader, val_loader,
         writer=EventWriter(run_dir if ctx.is_main else None), model_config=node,
         postprocess_config=postprocess_node, config=OmegaConf.to_container(cfg, resolve=True),
+        evaluation=evaluation, results=ResultsLog(run_dir if ctx.is_main else None, start_iter),
         start_iter=start_iter, best_ap=best_ap,
     )  # fmt: skip
 
@@ -243,8 +255,8 @@ class Driver:
         self.trainer = Trainer(
             run.net, run.criterion, run.optimizer, run.scheduler, run.train_loader,
             run.precision, run.ctx.device, loop_settings(run.train),
-            on_evaluate=self.evaluate, on_checkpoint=self.save_last, writer=run.writer,
-            is_main=run.ctx.is_main,
+            on_evaluate=self.evaluate, on_checkpoint=self.save_last, on_log=run.results.log,
+            writer=run.writer, is_main=run.ctx.is_main,
         )  # fmt: skip
 
     def evaluate(self, iteration: int) -> None:
@@ -255,6 +267,7 @@ class Driver:
             run.val_set.coco_gt if run.ctx.is_main else None,  # only rank 0 scores
             run.val_set.label_to_cat_id, run.ctx.device, run.precision,
             keep_samples=run.train.vis_images if run.ctx.is_main else 0,
+            backend=run.evaluation.backend,
         )  # fmt: skip
         if metrics is None:
             return
@@ -267,6 +280,8 @@ class Driver:
         thresh = run.train.vis_score_thresh
         run.writer.detection_images(predictions.samples, names, iteration, thresh)
         logger.info("iteration %d: AP %.2f, AP50 %.2f", iteration, metrics["AP"], metrics["AP50"])
+        record_evaluation(run.run_dir, iteration, metrics, run.val_set.coco_gt, predictions,
+                          run.evaluation, run.writer, run.results)  # fmt: skip
         if metrics["AP"] > run.best_ap:
             run.best_ap = metrics["AP"]
             save_checkpoint(run.best_path, run.checkpoint(iteration))

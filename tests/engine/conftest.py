@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from data.synthetic import ensure_synthetic
 from detector.engine.config import register_resolvers
@@ -66,3 +72,25 @@ def tiny_config(synthetic_root: Path) -> Callable[..., DictConfig]:
         return compose_config([f"data.root={synthetic_root}", *TINY, *overrides])
 
     return make
+
+
+def _pycocotools_eval(
+    gt: COCO, results: list[dict[str, Any]] | np.ndarray, cat_ids: list[int] | None = None
+) -> COCOeval:
+    """pycocotools' own bbox evaluation (``loadRes`` + ``COCOeval``), optionally of some
+    categories only; ``printed`` holds what it printed."""
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        if cat_ids is not None:
+            evaluator.params.catIds = cat_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    evaluator.printed = out.getvalue()
+    return evaluator
+
+
+@pytest.fixture
+def pycocotools_eval() -> Callable[..., COCOeval]:
+    """The reference evaluation the engine's scoring and reports are compared with."""
+    return _pycocotools_eval

@@ -87,6 +87,12 @@ def test_evaluate_matches_pycocotools(
         assert ours["score"] == pytest.approx(ref["score"], abs=1e-6)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
     assert "per-class AP:" in proc.stdout and "  cross" in proc.stdout
+    # The report: plots, tables, the F1-maximising threshold (printed and saved), PR curves.
+    for name in ("pr_curve.png", "confusion_matrix.png", "f1_curve.png", "per_class.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    thresh = json.loads((tmp_path / "report.json").read_text())["f1_best_score_thresh"]
+    best = "F1: no score threshold" if thresh is None else f"postprocess.score_thresh={thresh:.4f}"
+    assert best in proc.stdout
 
 
 def test_evaluate_with_no_detections_scores_zero(
@@ -108,6 +114,8 @@ def test_evaluate_with_no_detections_scores_zero(
     assert set(metrics["per_class_AP"].values()) <= {0.0, None}  # None: no ground truth
     assert 0.0 in metrics["per_class_AP"].values()
     assert json.loads((tmp_path / "predictions.json").read_text()) == []
+    assert json.loads((tmp_path / "report.json").read_text())["f1_best_score_thresh"] is None
+    assert "F1: no score threshold gives a true positive" in proc.stdout
 
     # The checkpoint's threshold (0.5) replaced on the command line: the scores (~0.01) pass.
     proc = run_tool(
@@ -116,3 +124,15 @@ def test_evaluate_with_no_detections_scores_zero(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["num_detections"] > 0
+
+
+def test_evaluate_rejects_an_unknown_backend(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={make_checkpoint(0.5)}", *_data_args(tiny_data),
+        f"hydra.run.dir={tmp_path}", "evaluation.backend=fastest",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("focaldet: config error: evaluation.backend: eval backend must be one")
