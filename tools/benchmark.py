@@ -7,6 +7,10 @@
         [model.compile=false] [model.iters=10] [model.warmup=2] [model.memory=true] [json=FILE]
     python tools/benchmark.py what=data [data.ann_dir=DIR] [data.img_dir=DIR] [data.short_size=800]
         [data.max_size=1333] [data.passes=7] [data.limit=0] [data.pil=true] [json=FILE]
+    python tools/benchmark.py what=eval [eval.images=5000] [eval.boxes=7] [eval.detections=100]
+        [eval.repeat=3] [eval.backends=pycocotools,faster_coco_eval] [eval.report=true]
+    python tools/benchmark.py what=dataset [dataset.scales=[0.25,1,4]] [dataset.workers=[0,2,8]]
+        [dataset.designs=[compact,legacy]] [dataset.skip=[legacy:4:8]] [dataset.out=DIR]
 
 Keys (configs/benchmark.yaml): ``what`` picks the benchmark; the node of the same name holds the
 keyword arguments of its ``run()`` (``detector/benchmarks/<what>.py``, whose docstring says what
@@ -27,7 +31,8 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
-from detector.benchmarks import data, loss, model
+from detector.benchmarks import data, dataset, loss, model
+from detector.benchmarks import eval as eval_bench
 from detector.benchmarks.common import report
 from detector.engine.cli import run_tool, typed_kwargs
 from detector.engine.config import ConfigError
@@ -43,6 +48,8 @@ BENCHMARKS = {
     "loss": Benchmark(loss.run, loss.format_table),
     "model": Benchmark(model.run, model.format_table),
     "data": Benchmark(data.run, data.format_table),
+    "eval": Benchmark(eval_bench.run, eval_bench.format_figures),
+    "dataset": Benchmark(dataset.run, dataset.format_table),
 }
 """``what=`` → the benchmark: the one table (no lookup by module name)."""
 

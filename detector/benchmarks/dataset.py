@@ -263,22 +263,3 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {row['design']} | {row['scale']:g} | {row['workers']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     return "\n".join(lines + [f"\nuptime at the end: {result['uptime']}"])
-
-
-def main(argv: list[str]) -> int:
-    """``key=value`` arguments: ``scales``, ``workers``, ``designs``, ``skip`` (comma lists),
-    ``out``, ``legacy_ref``."""
-    args = dict(arg.split("=", 1) for arg in argv)
-    kwargs: dict[str, Any] = {}
-    if "scale" in args:
-        args["scales"] = args.pop("scale")
-    for key, kind in (("scales", float), ("workers", int), ("designs", str), ("skip", str)):
-        if key in args:
-            kwargs[key] = tuple(kind(v) for v in args.pop(key).split(",") if v)
-    kwargs.update(args)
-    print(format_table(run(**kwargs)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

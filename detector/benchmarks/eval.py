@@ -21,7 +21,6 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -261,25 +260,3 @@ def format_figures(figures: dict[str, Any]) -> str:
             f"report: numbers {r['build_seconds']:.2f} s, files {r['write_seconds']:.2f} s"
         )
     return "\n".join(lines)
-
-
-def _parse(argv: list[str]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in run.__code__.co_varnames[: run.__code__.co_argcount]:
-            raise SystemExit(f"focaldet: expected key=value with key in images, boxes, "
-                             f"detections, repeat, backends, report; got {arg!r}")  # fmt: skip
-        if key in ("images", "detections", "repeat"):
-            kwargs[key] = int(value)
-        elif key == "boxes":
-            kwargs[key] = float(value)
-        elif key == "report":
-            kwargs[key] = value.lower() in ("1", "true", "yes")
-        else:
-            kwargs[key] = value
-    return kwargs
-
-
-if __name__ == "__main__":
-    print(format_figures(run(**_parse(sys.argv[1:]))))
