@@ -38,9 +38,13 @@ def test_few_iterations_leave_every_artefact(
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoints",
         "config.yaml",
+        "eval",
         next(p.name for p in tmp_path.glob("events.out.tfevents.*")),
         "metrics.json",
+        "results.csv",
+        "results.png",
     ]
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["8"]  # the one evaluation, at the end
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
     saved = OmegaConf.load(tmp_path / "config.yaml")
@@ -196,6 +200,7 @@ def test_best_checkpoint_keeps_the_highest_ap(
         return {"AP": next(scripted), "AP50": 0.0, "per_class_AP": {}}, Predictions()
 
     monkeypatch.setattr("detector.engine.run.evaluate", fake_evaluate)
+    monkeypatch.setattr("detector.engine.run.record_evaluation", lambda *args: None)
     run = build_run(tiny_config("train.max_iter=10", "train.vis_images=0"), tmp_path)
     driver = Driver(run)
     best = []
