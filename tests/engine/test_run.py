@@ -44,7 +44,8 @@ def test_few_iterations_leave_every_artefact(
         "results.csv",
         "results.png",
     ]
-    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["8"]  # the one evaluation, at the end
+    # One evaluation, at the end.
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["8"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
     saved = OmegaConf.load(tmp_path / "config.yaml")
