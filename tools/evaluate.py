@@ -25,6 +25,7 @@ from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.compile import compile_network
 from detector.engine.config import exit_on_config_error, validate_evaluate
 from detector.engine.distributed import cleanup, init_distributed
 from detector.engine.evaluator import evaluate, format_summary
@@ -42,6 +43,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
     model, postprocessor, classes = build_from_checkpoint(checkpoint, overrides)
     model.to(ctx.device)
+    if cfg.compile:
+        compile_network(model)
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val")
     unknown = {c["id"] for c in dataset.classes} - {c["id"] for c in classes}
