@@ -1,12 +1,14 @@
 """Benchmarks that print figures (they are not tests): one entry point for detector/benchmarks/.
 
     python tools/benchmark.py what=loss [loss.device=cpu] [loss.threads=0] [loss.repeats=7]
-        [loss.warmup=2] [json=FILE]
+        [loss.warmup=2] [loss.load=0] [json=FILE]
     python tools/benchmark.py what=model [model.depth=50] [model.size=512] [model.batch=2]
         [model.num_classes=80] [model.threads=2] [model.device=cpu] [model.amp=false]
         [model.compile=false] [model.iters=10] [model.warmup=2] [model.memory=true] [json=FILE]
     python tools/benchmark.py what=data [data.ann_dir=DIR] [data.img_dir=DIR] [data.short_size=800]
         [data.max_size=1333] [data.passes=7] [data.limit=0] [data.pil=true] [json=FILE]
+    python tools/benchmark.py what=gpu [gpu.dry_run=false] [gpu.iters=10] [gpu.budget_s=420]
+        [json=FILE]
 
 Keys (configs/benchmark.yaml): ``what`` picks the benchmark; the node of the same name holds the
 keyword arguments of its ``run()`` (``detector/benchmarks/<what>.py``, whose docstring says what
@@ -27,7 +29,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
-from detector.benchmarks import data, loss, model
+from detector.benchmarks import data, gpu, loss, model
 from detector.benchmarks.common import report
 from detector.engine.cli import run_tool, typed_kwargs
 from detector.engine.config import ConfigError
@@ -43,6 +45,7 @@ BENCHMARKS = {
     "loss": Benchmark(loss.run, loss.format_table),
     "model": Benchmark(model.run, model.format_table),
     "data": Benchmark(data.run, data.format_table),
+    "gpu": Benchmark(gpu.run, gpu.format_table),
 }
 """``what=`` → the benchmark: the one table (no lookup by module name)."""
 
