@@ -33,7 +33,7 @@ def test_arguments():
     ("argv", "message"),
     [
         (["loss.threads=two"], "loss.threads: Value 'two' of type 'str' could not be converted"),
-        (["speed=fast"], r"unknown key 'speed' \(choose from what, json, loss, model, data\)"),
+        (["speed=fast"], r"unknown key 'speed' \(choose from what, json, loss, model, data, gpu\)"),
         (["loss"], "Error parsing override 'loss'"),
     ],
 )
