@@ -1,6 +1,7 @@
 """GPU check (``what=gpu``): one prepared command for a short GPU window, every figure in one JSON.
 
-``python tools/benchmark.py what=gpu json=gpu.json`` on one H100/H200 (about 6–8 minutes):
+``python tools/benchmark.py what=gpu json=gpu.json`` on one H100/H200 (about 6–8 minutes), or
+``python -m detector.benchmarks.gpu json=gpu.json`` where Hydra is not installed (:func:`main`):
 
 1. **precision**: a few training steps of focaldet's R50-FPN at 800×1333 in float32, bf16
    autocast and fp16 autocast with a ``GradScaler``; the losses must be finite and within
@@ -22,6 +23,7 @@ windows.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import statistics
@@ -147,6 +149,7 @@ def check_ddp(dev: torch.device, timeout_s: float = 180.0) -> dict[str, Any]:
         "--nproc_per_node=1",
         "-m",
         "detector.benchmarks.gpu",
+        "ddp-probe",
         dev.type,
     ]
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
@@ -285,5 +288,31 @@ def format_table(result: dict[str, Any]) -> str:
     return markdown_table(header, rows) + "\n" + json.dumps(rest, indent=1, default=str)
 
 
-if __name__ == "__main__":  # the torchrun worker of check_ddp
-    print(json.dumps(ddp_probe(sys.argv[1])))
+def main(argv: list[str]) -> int:
+    """``python -m detector.benchmarks.gpu [key=value ...] [json=FILE]``: the check without
+    Hydra (the GPU machine's image has torch and torchvision but not Hydra or pycocotools), or
+    ``ddp-probe cuda|cpu``, the torchrun worker of :func:`check_ddp`."""
+    if argv[:1] == ["ddp-probe"]:
+        print(json.dumps(ddp_probe(argv[1])))
+        return 0
+    params = inspect.signature(run).parameters
+    kwargs: dict[str, Any] = {}
+    out = None
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "json":
+            out = value
+        elif key in params:
+            kind = type(params[key].default)
+            kwargs[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
+        else:
+            raise SystemExit(f"unknown key {key!r} (choose from json, {', '.join(params)})")
+    result = run(**kwargs)
+    print(format_table(result))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, default=str))
+    return 1 if "errors" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,7 @@
 """detector/benchmarks/gpu.py in dry-run mode: the whole GPU check runs on the CPU at toy sizes, so
 that the command prepared for a GPU window cannot rot (the figures themselves are not tested)."""
 
+import functools
 import json
 
 import pytest
@@ -62,3 +63,21 @@ def test_budget_skips_the_compiled_configurations_and_errors_are_recorded(monkey
         "ddp": "RuntimeError: no NCCL here",
     }
     assert [t.get("skipped") for t in result["train"]] == [None] * 3 + ["over budget_s=0"]
+
+
+def test_main_runs_without_hydra(monkeypatch, tmp_path):
+    seen = {}
+
+    @functools.wraps(gpu.run)
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return {"train": []}
+
+    monkeypatch.setattr(gpu, "run", fake_run)
+    out = tmp_path / "gpu.json"
+    argv = ["dry_run=true", "iters=2", "compile_backend=aot_eager", f"json={out}"]
+    assert gpu.main(argv) == 0
+    assert seen == {"dry_run": True, "iters": 2, "compile_backend": "aot_eager"}
+    assert json.loads(out.read_text()) == {"train": []}
+    with pytest.raises(SystemExit, match="unknown key 'speed' \\(choose from json, dry_run"):
+        gpu.main(["speed=1"])
