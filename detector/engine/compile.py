@@ -65,7 +65,7 @@ def compile_network(model: nn.Module, backend: str = "inductor") -> CompileLog:
     the :class:`CompileLog` hooked on ``model``. A training step compiles backward graphs too,
     when backward first runs; their time shows in the step time of the first log interval."""
     if backend not in COMPILE_BACKENDS:
-        raise ValueError(f"compile backend must be one of {COMPILE_BACKENDS}, got {backend!r}")
+        raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {backend!r}")
     for child in model.children():
         if any(True for _ in child.parameters()):
             child.compile(backend=backend)
