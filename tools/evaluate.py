@@ -43,7 +43,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
     model, postprocessor, classes = build_from_checkpoint(checkpoint, overrides)
     model.to(ctx.device)
-    if cfg.compile:
+    if cfg.get("compile", False):  # configs built in code may lack the key
         compile_network(model)
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val")

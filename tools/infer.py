@@ -109,7 +109,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         checkpoint, {"score_thresh": cfg.score_thresh}
     )
     model.to(device).eval()
-    if cfg.compile:
+    if cfg.get("compile", False):  # configs built in code may lack the key
         compile_network(model)
     nodes, where = resize_nodes(cfg, checkpoint)
     try:
