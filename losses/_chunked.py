@@ -3,9 +3,10 @@
 A detector's classification logits are large (about 16 M values per 800×1333 image with K = 80),
 and an autograd graph of the textbook loss keeps about ten logits-sized temporaries alive until
 backward. The losses here are ``torch.autograd.Function``s instead: forward saves only the logits
-and the labels, backward recomputes what it needs, and both walk the logits in row chunks so that
-no temporary is larger than a chunk. Beyond its inputs, forward+backward then holds the gradient
-(plus, for ``reduction="none"``, the loss and its incoming gradient) and a few chunks.
+and the labels, backward recomputes what it needs, and both make one pass over the logits
+(``losses/_kernels.py``: a compiled kernel without temporaries, or an eager loop over row chunks
+no larger than a memory budget). Beyond its inputs, forward+backward then holds the gradient
+(plus, for ``reduction="none"``, the loss and its incoming gradient) and at most a few chunks.
 
 Integer labels never become one-hot targets: a binary-target loss ``ℓ(x, y)`` with ``y ∈ {0, 1}``
 is evaluated as its ``y = 0`` branch on every element, and the one element per foreground row
@@ -27,20 +28,12 @@ from losses._args import (
     check_label_values,
     check_reduction,
 )
-
-CPU_CHUNK_NUMEL = 1 << 19
-"""Elements per chunk on CPU (2 MiB of float32). On a quiet machine 2^17 to 2^20 run at the same
-speed, but every elementwise kernel ends at an OpenMP barrier, and when another process (a data
-loader worker, another job) holds a core, each barrier waits for a time slice: with 2^17 the loss
-of a (98208, 80) batch took 3.1 s on a shared 2-core machine, with 2^19 0.42 s."""
-
-CUDA_CHUNK_NUMEL = 1 << 23
-"""Elements per chunk on GPUs: large enough that kernel launches are not the bottleneck."""
-
-
-def chunk_numel(device: torch.device) -> int:
-    """Number of elements one chunk covers on ``device``."""
-    return CPU_CHUNK_NUMEL if device.type == "cpu" else CUDA_CHUNK_NUMEL
+from losses._kernels import (
+    compute_dtype,
+    negative_elementwise,
+    negative_grad,
+    negative_row_sums,
+)
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
@@ -49,16 +42,6 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     torch's default switch-over at 20 is exact in float32 but off by ``e^-20`` in float64.
     """
     return F.softplus(x, threshold=40.0)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype (fp16, bf16, fp32) computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def spans(length: int, step: int) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` covering ``range(length)`` in pieces of at most ``step``."""
-    return [(start, min(start + step, length)) for start in range(0, length, step)]
 
 
 class NegativeBranch(Protocol):
@@ -114,25 +97,18 @@ class _LabelLossFunction(torch.autograd.Function):
         reduction: str,
     ) -> torch.Tensor:
         cdt = compute_dtype(logits.dtype)
-        num_rows, num_classes = logits.shape
+        num_classes = logits.shape[1]
         keep = labels != IGNORE
         rows, cls, mask = target_one_entries(labels)
         x_one = logits[rows, cls].to(cdt)
         pos_loss = branch.loss(-x_one).mul_(w_pos)
 
-        rows_per_chunk = max(1, chunk_numel(logits.device) // num_classes)
         if reduction == "none":
-            out = torch.empty_like(logits)
-            ignored = ~keep
-            for start, end in spans(num_rows, rows_per_chunk):
-                neg = branch.loss(logits[start:end].to(cdt)).mul_(w_neg)
-                out[start:end] = neg.masked_fill_(ignored[start:end, None], 0.0)
+            out = negative_elementwise(branch, logits, keep, w_neg)
             fixed = pos_loss.to(out.dtype)
             out[rows, cls] = fixed if mask is None else torch.where(mask, fixed, out[rows, cls])
         else:
-            row_sums = logits.new_empty(num_rows, dtype=cdt)
-            for start, end in spans(num_rows, rows_per_chunk):
-                torch.sum(branch.loss(logits[start:end].to(cdt)), dim=1, out=row_sums[start:end])
+            row_sums = negative_row_sums(branch, logits)
             correction = pos_loss - branch.loss(x_one).mul_(w_neg)
             if mask is not None:
                 correction = torch.where(mask, correction, 0.0)
@@ -151,7 +127,7 @@ class _LabelLossFunction(torch.autograd.Function):
         logits, keep, rows, cls, mask = ctx.saved_tensors
         branch, w_pos, w_neg, reduction = ctx.branch, ctx.w_pos, ctx.w_neg, ctx.reduction
         cdt = compute_dtype(logits.dtype)
-        num_rows, num_classes = logits.shape
+        num_classes = logits.shape[1]
         if reduction == "mean":
             grad_out = grad_out / (keep.sum() * num_classes)
         elementwise = reduction == "none"
@@ -159,14 +135,7 @@ class _LabelLossFunction(torch.autograd.Function):
         pos_grad = branch.grad(-logits[rows, cls].to(cdt)).mul_(-w_pos)
         pos_grad.mul_(grad_out[rows, cls] if elementwise else grad_out)
 
-        grad = torch.empty_like(logits)
-        ignored = ~keep
-        scale = grad_out.to(cdt) * w_neg
-        rows_per_chunk = max(1, chunk_numel(logits.device) // num_classes)
-        for start, end in spans(num_rows, rows_per_chunk):
-            # A fill, not a product, as in forward; the product is written into the gradient.
-            g = branch.grad(logits[start:end].to(cdt)).masked_fill_(ignored[start:end, None], 0.0)
-            torch.mul(g, scale[start:end] if elementwise else scale, out=grad[start:end])
+        grad = negative_grad(branch, logits, keep, grad_out.to(cdt) * w_neg)
         fixed = pos_grad.to(grad.dtype)
         grad[rows, cls] = fixed if mask is None else torch.where(mask, fixed, grad[rows, cls])
         return grad, None, None, None, None, None

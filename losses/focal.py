@@ -2,9 +2,10 @@
 
 ``FL(p_t) = -α_t (1 - p_t)^γ log(p_t)``, elementwise over independent sigmoid classifiers (§3.2:
 the sigmoid, not a softmax, over K classes). Both entry points are ``torch.autograd.Function``s
-that save only their inputs and recompute the rest in backward, walking the elements in chunks
-(see ``losses/_chunked.py``): on a (240000, 80) float32 input, forward+backward peaks at a fraction
-of ``torchvision.ops.sigmoid_focal_loss`` (figures in ``docs/benchmarks.md``).
+that save only their inputs and recompute the rest in backward (see ``losses/_chunked.py``; the
+label form's passes are compiled kernels, ``losses/_kernels.py``, the float-target form walks
+chunks within a memory budget): on a (240000, 80) float32 input, forward+backward peaks at a
+fraction of ``torchvision.ops.sigmoid_focal_loss`` (figures in ``docs/benchmarks.md``).
 
 Numerics: ``log p`` comes from ``logsigmoid`` and ``log(1 - p)`` from ``softplus``, so nothing
 overflows for logits of ±1e4; the gradient is the closed form of Appendix B, arranged so that no
@@ -23,7 +24,12 @@ from losses._args import (
     check_reduction,
     check_same_shape,
 )
-from losses._chunked import chunk_numel, compute_dtype, label_loss, softplus, spans
+from losses._chunked import label_loss, softplus
+from losses._kernels import chunk_numel, compute_dtype, spans
+
+FLOAT_TARGET_TEMPORARIES = 10
+"""Chunk-sized tensors alive at once in ``_focal_grads`` (p, ce, m, their powers and products, the
+compute-dtype copies of x and y): the eager chunk holds this many within the memory budget."""
 
 
 def _focal_parts(
@@ -99,7 +105,7 @@ class _SigmoidFocalLossFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         cdt = compute_dtype(logits.dtype)
         x, y = logits.reshape(-1), targets.reshape(-1)
-        pieces = spans(x.numel(), chunk_numel(logits.device))
+        pieces = spans(x.numel(), chunk_numel(x, FLOAT_TARGET_TEMPORARIES))
         if reduction == "none":
             out = logits.new_empty(logits.shape)
             flat = out.view(-1)
@@ -135,7 +141,7 @@ class _SigmoidFocalLossFunction(torch.autograd.Function):
             grad_out = grad_out / x.numel()
         grad_x = logits.new_empty(logits.shape) if need_dx else None
         grad_y = targets.new_empty(targets.shape) if need_dy else None
-        for start, end in spans(x.numel(), chunk_numel(logits.device)):
+        for start, end in spans(x.numel(), chunk_numel(x, FLOAT_TARGET_TEMPORARIES)):
             dx, dy = _focal_grads(x[start:end].to(cdt), y[start:end].to(cdt), alpha, gamma, need_dy)
             g = grad_out[start:end].to(cdt) if elementwise else grad_out
             if grad_x is not None:

@@ -1,7 +1,7 @@
 """Benchmarks that print figures (they are not tests): one entry point for detector/benchmarks/.
 
     python tools/benchmark.py what=loss [loss.device=cpu] [loss.threads=0] [loss.repeats=7]
-        [loss.warmup=2] [json=FILE]
+        [loss.warmup=2] [loss.load=0] [json=FILE]
     python tools/benchmark.py what=model [model.depth=50] [model.size=512] [model.batch=2]
         [model.num_classes=80] [model.threads=2] [model.device=cpu] [model.amp=false]
         [model.compile=false] [model.iters=10] [model.warmup=2] [model.memory=true] [json=FILE]
@@ -11,6 +11,8 @@
         [eval.repeat=3] [eval.backends=pycocotools,faster_coco_eval] [eval.report=true]
     python tools/benchmark.py what=dataset [dataset.scales=[0.25,1,4]] [dataset.workers=[0,2,8]]
         [dataset.designs=[compact,legacy]] [dataset.skip=[legacy:4:8]] [dataset.out=DIR]
+    python tools/benchmark.py what=gpu [gpu.dry_run=false] [gpu.iters=10] [gpu.budget_s=420]
+        [json=FILE]
 
 Keys (configs/benchmark.yaml): ``what`` picks the benchmark; the node of the same name holds the
 keyword arguments of its ``run()`` (``detector/benchmarks/<what>.py``, whose docstring says what
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
-from detector.benchmarks import data, dataset, loss, model
+from detector.benchmarks import data, dataset, gpu, loss, model
 from detector.benchmarks import eval as eval_bench
 from detector.benchmarks.common import report
 from detector.engine.cli import run_tool, typed_kwargs
@@ -50,6 +52,7 @@ BENCHMARKS = {
     "data": Benchmark(data.run, data.format_table),
     "eval": Benchmark(eval_bench.run, eval_bench.format_figures),
     "dataset": Benchmark(dataset.run, dataset.format_table),
+    "gpu": Benchmark(gpu.run, gpu.format_table),
 }
 """``what=`` → the benchmark: the one table (no lookup by module name)."""
 

@@ -27,6 +27,7 @@ from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.compile import compile_network
 from detector.engine.config import exit_on_config_error, validate_evaluate
 from detector.engine.distributed import cleanup, init_distributed
 from detector.engine.eval_report_files import describe_f1, eval_settings, write_eval_report
@@ -46,6 +47,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
     model, postprocessor, classes = build_from_checkpoint(checkpoint, overrides)
     model.to(ctx.device)
+    if cfg.get("compile", False):  # configs built in code may lack the key
+        compile_network(model)
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val")
     unknown = {c["id"] for c in dataset.classes} - {c["id"] for c in classes}

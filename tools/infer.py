@@ -30,6 +30,7 @@ from data.transforms import build_transforms
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.cli import CONFIG_DIR, preflight_argv
+from detector.engine.compile import compile_network
 from detector.engine.config import ConfigError, exit_on_config_error, validate_infer
 from detector.engine.distributed import resolve_device
 from detector.engine.evaluator import to_coco_results
@@ -108,6 +109,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         checkpoint, {"score_thresh": cfg.score_thresh}
     )
     model.to(device).eval()
+    if cfg.get("compile", False):  # configs built in code may lack the key
+        compile_network(model)
     nodes, where = resize_nodes(cfg, checkpoint)
     try:
         transforms = build_transforms(nodes, train=False, where=where)

@@ -15,8 +15,11 @@ import multiprocessing
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +170,22 @@ def report(
     print(format_table(result) if format_table else json.dumps(result, indent=2))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
+
+
+BUSY_LOOP = "while True: pass"
+"""What a competing process runs: a plain Python busy loop, one core's worth of load (as a
+DataLoader worker decoding images, or another job)."""
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
+    """Within the block, ``count`` processes each spinning :data:`BUSY_LOOP`; they are killed
+    and reaped on the way out, also after an error."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()

@@ -11,12 +11,10 @@ max_size=size)``. focaldet's is ``ResNetBackbone(depth, frozen_stages=1, norm="f
 (α = 0.25, γ = 2) and an L1 box loss (``SmoothL1BoxLoss(beta=0)``) as torchvision's, and the
 paper's post-processing (score 0.05, 1000 candidates per level, NMS 0.5, 100 detections), as
 torchvision's (told ``detections_per_img=100``; it defaults to 300). torchvision's weights (its
-own initialisation) are copied into focaldet's (``focaldet_state_dict``, the converter's key
-mapping), and the classification layer's weights are
-redrawn with a larger spread (``CLS_WEIGHT_STD``) so that, as with a trained detector, many
-scores pass the 0.05 threshold and both post-processors do real top-k and NMS work; the result
-records the detection counts and the largest score difference as a check that both compute the
-same thing.
+own initialisation) are copied into focaldet's (``focaldet_state_dict``), and the classification
+weights are redrawn with a larger spread (``CLS_WEIGHT_STD``) so that, as with a trained detector,
+many scores pass the 0.05 threshold and both post-processors do real top-k and NMS work; the
+detection counts and the largest score difference are recorded as a check.
 
 Both models get the same list of ``batch`` random ``size`` × ``size`` images (and, to train, the
 same ``BOXES_PER_IMAGE`` random boxes per image). A training step is forward, loss, backward and
@@ -40,7 +38,6 @@ from __future__ import annotations
 import gc
 import statistics
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -76,6 +73,7 @@ from detector.benchmarks.common import (
     resident_set_kib,
     time_steps,
 )
+from detector.engine.compile import compile_network
 from detector.torchvision_convert import focaldet_state_dict
 from losses import FocalLoss, SmoothL1BoxLoss
 
@@ -97,18 +95,17 @@ DETECTIONS_PER_IMG = 100
 """The paper's and focaldet's; torchvision's RetinaNet defaults to 300."""
 
 
-def build_torchvision(depth: int, size: int, num_classes: int) -> TorchvisionRetinaNet:
-    """torchvision's RetinaNet with a ResNet-``depth`` FrozenBatchNorm backbone, P6 from P5."""
+def build_torchvision(
+    depth: int, size: int, num_classes: int, max_size: int | None = None
+) -> TorchvisionRetinaNet:
+    """torchvision's RetinaNet with a ResNet-``depth`` FrozenBatchNorm backbone, P6 from P5; its
+    transform leaves ``size`` × ``max_size`` images (``max_size`` None: ``size``) as they are."""
     resnet = getattr(torchvision.models, f"resnet{depth}")(norm_layer=FrozenBatchNorm2d)
-    backbone = _resnet_fpn_extractor(
-        resnet,
-        TRAINABLE_LAYERS,
-        returned_layers=[2, 3, 4],
-        extra_blocks=LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS),
-    )
-    return TorchvisionRetinaNet(
-        backbone, num_classes, min_size=size, max_size=size, detections_per_img=DETECTIONS_PER_IMG
-    )
+    p6p7 = LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)
+    backbone = _resnet_fpn_extractor(resnet, TRAINABLE_LAYERS, [2, 3, 4], extra_blocks=p6p7)
+    tv = TorchvisionRetinaNet(backbone, num_classes, size, max_size or size)
+    tv.detections_per_img = DETECTIONS_PER_IMG
+    return tv
 
 
 def build_focaldet(
@@ -127,12 +124,12 @@ def build_focaldet(
 
 
 def build_pair(
-    depth: int, size: int, num_classes: int
+    depth: int, size: int, num_classes: int, max_size: int | None = None
 ) -> tuple[TorchvisionRetinaNet, RetinaNet, RetinaNetCriterion, RetinaNetPostProcessor]:
     """Both models with the same weights, the classification weights redrawn (see the module
-    docstring)."""
+    docstring); ``max_size`` as in :func:`build_torchvision`."""
     torch.manual_seed(SEED)
-    tv = build_torchvision(depth, size, num_classes)
+    tv = build_torchvision(depth, size, num_classes, max_size)
     with torch.no_grad():
         tv.head.classification_head.cls_logits.weight.normal_(0.0, CLS_WEIGHT_STD)
     ours, criterion, post = build_focaldet(depth, num_classes)
@@ -141,15 +138,17 @@ def build_pair(
 
 
 def make_inputs(
-    batch: int, size: int, num_classes: int, device: torch.device
+    batch: int, size: int, num_classes: int, device: torch.device, width: int | None = None
 ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """``batch`` random (3, size, size) images in [0, 1] and targets of random boxes."""
+    """``batch`` random (3, size, width) images in [0, 1] (``width`` None: square) and targets
+    of random boxes."""
     g = torch.Generator().manual_seed(SEED)
-    images = [torch.rand(3, size, size, generator=g).to(device) for _ in range(batch)]
+    width = width or size
+    images = [torch.rand(3, size, width, generator=g).to(device) for _ in range(batch)]
     targets = []
     for _ in range(batch):
         wh = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * (size / 3) + 16
-        xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * (size - wh)
+        xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * (torch.tensor([width, size]) - wh)
         labels = torch.randint(num_classes, (BOXES_PER_IMAGE,), generator=g)
         targets.append(
             {"boxes": torch.cat([xy, xy + wh], 1).to(device), "labels": labels.to(device)}
@@ -163,42 +162,48 @@ def make_step(
     models: dict[str, nn.Module],
     images: list[Tensor],
     targets: list[dict[str, Tensor]],
-    amp: bool,
-    compile: bool,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Callable[[], object]:
     """A closure running one training step or one inference of ``impl``.
 
-    ``models`` holds ``"model"`` and, for focaldet, ``"criterion"`` and ``"post"``. Inference
-    returns the detections (one dict per image).
+    ``models`` holds ``"model"`` and, for focaldet, ``"criterion"`` and ``"post"``; ``amp_dtype``
+    is the autocast dtype (None: float32); ``scaler`` scales the loss (fp16). Inference returns
+    the detections (one dict per image), a training step the detached total loss.
     """
     model = models["model"]
     device = images[0].device
-    network = torch.compile(model) if compile else model
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
     if mode == "infer":
         model.eval()
 
         def infer() -> object:
             with torch.inference_mode(), autocast():
                 if impl == "torchvision":
-                    return network(images)
-                return models["post"](network(images))
+                    return model(images)
+                return models["post"](model(images))
 
         return infer
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
 
-    def train() -> None:
+    def train() -> Tensor:
         with autocast():
             if impl == "torchvision":
-                losses = network(images, targets)
+                losses = model(images, targets)
             else:
-                losses = models["criterion"](network(images), targets)
+                losses = models["criterion"](model(images), targets)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
 
     return train
 
@@ -232,8 +237,11 @@ def _cpu_peak_worker(impl: str, mode: str, config: dict, queue) -> None:
     models = _models(impl, tv, ours, criterion, post)
     del tv, ours, criterion, post
     gc.collect()
+    if config["compile"]:
+        compile_network(models["model"])
     images, targets = make_inputs(config["batch"], config["size"], config["num_classes"], device)
-    step = make_step(impl, mode, models, images, targets, config["amp"], config["compile"])
+    amp_dtype = torch.bfloat16 if config["amp"] else None
+    step = make_step(impl, mode, models, images, targets, amp_dtype)
 
     def steps() -> None:
         for _ in range(config["warmup"] + 1):
@@ -262,6 +270,10 @@ def _measure(
     config: dict,
 ) -> dict[str, Any]:
     """Times (and peak memory) of both implementations' ``mode`` steps, and their ratios."""
+    first = {}
+    if config["compile"]:  # the first call compiles (the backward graphs in training too)
+        for impl in IMPLS:
+            first[impl] = time_steps({impl: steps[impl]}, dev, 1, 0)[impl]["wall"][0]
     times = time_steps(steps, dev, config["iters"], config["warmup"], swap_order=True)
     results: dict[str, Any] = {}
     for impl in IMPLS:
@@ -269,6 +281,8 @@ def _measure(
             "median_s": statistics.median(times[impl]["wall"]),
             "times_s": times[impl]["wall"],
         }
+        if impl in first:
+            record["first_call_s"] = first[impl]
         if dev.type == "cpu":
             record["cpu_median_s"] = statistics.median(times[impl]["cpu"])
             record["cpu_times_s"] = times[impl]["cpu"]
@@ -315,7 +329,9 @@ def run(
     ``results[mode][impl]`` holds ``median_s``, ``times_s``, ``cpu_median_s``, ``cpu_times_s``
     (CPU device only) and ``peak_mib`` (when ``memory``); ``results[mode]["ratio"]`` is
     focaldet / torchvision for the median time and the peak memory. ``amp`` runs both under
-    bfloat16 autocast, ``compile`` wraps both networks in ``torch.compile``.
+    bfloat16 autocast; ``compile`` compiles both networks as ``train.compile=true`` does
+    (:func:`detector.engine.compile.compile_network`: the modules with parameters, inductor), and
+    records each implementation's first call (compiling included) as ``first_call_s``.
     """
     counts = {"batch": batch, "num_classes": num_classes, "threads": threads, "iters": iters}
     _check_args(depth, size, counts, warmup)
@@ -337,13 +353,17 @@ def run(
     tv.to(dev)
     ours.to(dev)
     criterion.to(dev)
+    if compile:
+        compile_network(tv)
+        compile_network(ours)
     images, targets = make_inputs(batch, size, num_classes, dev)
+    amp_dtype = torch.bfloat16 if amp else None
     results: dict[str, dict] = {}
     check: dict = {}
     for mode in MODES:
         steps = {
             impl: make_step(
-                impl, mode, _models(impl, tv, ours, criterion, post), images, targets, amp, compile
+                impl, mode, _models(impl, tv, ours, criterion, post), images, targets, amp_dtype
             )
             for impl in IMPLS
         }

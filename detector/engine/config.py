@@ -67,6 +67,8 @@ class TrainConfig:
     """Validation images drawn with predicted and ground-truth boxes in TensorBoard at each eval."""
     vis_score_thresh: float = 0.3
     progress: bool = True
+    compile: bool = False  # torch.compile the network (detector/engine/compile.py)
+    compile_backend: str = "inductor"  # or aot_eager / eager (no code generation: tests)
 
 
 @dataclass

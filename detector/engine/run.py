@@ -24,7 +24,14 @@ from data.build import build_train_val, prepare_data
 from data.coco import CocoDetection
 from data.loader import build_test_loader, build_train_loader, seed_everything
 from detector.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from detector.engine.config import OptimConfig, TrainConfig, loop_settings, validate_config
+from detector.engine.compile import compile_network
+from detector.engine.config import (
+    OptimConfig,
+    TrainConfig,
+    constructor_errors,
+    loop_settings,
+    validate_config,
+)
 from detector.engine.distributed import (
     DistributedContext,
     barrier,
@@ -220,6 +227,9 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries((run_dir / LAST).parent)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if train.compile:
+        with constructor_errors("train"):  # "train.compile_backend must be one of ..."
+            compile_network(model, train.compile_backend)
     net: nn.Module = model
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None

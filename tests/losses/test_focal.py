@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import losses._chunked
+import losses._kernels
 from losses import sigmoid_focal_loss
 
 ALPHAS = (None, 0.25, 0.75)
@@ -184,7 +184,8 @@ def test_many_chunks_equal_one_chunk(monkeypatch, reduction):
     x = logits.clone().requires_grad_()
     one = sigmoid_focal_loss(x, targets, reduction=reduction)
     one_grads = torch.autograd.grad(one.sum(), (x, targets))
-    monkeypatch.setattr(losses._chunked, "CPU_CHUNK_NUMEL", 7)  # 600 elements: 86 chunks
+    # 7 float64 elements times 10 temporaries a chunk; 600 elements: 86 chunks
+    monkeypatch.setitem(losses._kernels.CHUNK_BYTES, "cpu", 7 * 8 * 10)
     many = sigmoid_focal_loss(x, targets, reduction=reduction)
     many_grads = torch.autograd.grad(many.sum(), (x, targets))
     torch.testing.assert_close(many, one, rtol=1e-13, atol=0)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import torchvision
 
 import losses._chunked
+import losses._kernels
 from losses import (
     BACKGROUND,
     IGNORE,
@@ -117,7 +118,8 @@ def test_many_chunks_equal_one_chunk(monkeypatch, reduction):
     one, one_grad = value_and_grad(
         lambda x: sigmoid_focal_loss_labels(x, labels, reduction=reduction), logits
     )
-    monkeypatch.setattr(losses._chunked, "CPU_CHUNK_NUMEL", 20)  # 2 rows a chunk: 30 chunks
+    # 2 rows of K float64 times 4 temporaries a chunk: 30 chunks
+    monkeypatch.setitem(losses._kernels.CHUNK_BYTES, "cpu", 2 * K * 8 * 4)
     many, many_grad = value_and_grad(
         lambda x: sigmoid_focal_loss_labels(x, labels, reduction=reduction), logits
     )
