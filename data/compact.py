@@ -200,7 +200,9 @@ def build_compact(dataset: Any, img_dir: str | Path, ann_file: str | Path) -> Co
     problems = structural_problems(dataset, img_dir)
     if problems:
         header = f"dataset {ann_file} with images in {img_dir} is not usable:"
-        raise DatasetError(format_problems(header, problems))
+        # One problem fits on the header's line; several are listed one per line.
+        one = len(problems) == 1
+        raise DatasetError(f"{header} {problems[0]}" if one else format_problems(header, problems))
     categories = sorted(dataset["categories"], key=lambda category: category["id"])
     cat_names, cat_name_offsets = _pack([str(category["name"]) for category in categories])
     images = dataset["images"]
