@@ -68,8 +68,8 @@ def compose_tool(
     return cfg
 
 
-_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
-"""Hydra's first line for an override of a key the config does not have."""
+_UNKNOWN_KEY = re.compile(r"^([^\s:]+): no such key in the config")
+"""preflight's line for an override of a key the config does not have."""
 
 
 def _known_keys(tool: str, key: str) -> str:
