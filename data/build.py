@@ -33,7 +33,7 @@ def prepare_data(cfg: DictConfig) -> None:
 
 def build_dataset(cfg: DictConfig, split: str, seed: int = 0) -> CocoDetection:
     """The ``data.<split>`` dataset with its transform pipeline (random only for ``train``,
-    seeded with ``seed``)."""
+    seeded with ``seed``), its images checked at start (``data.bad_image_policy``)."""
     node = cfg.data[split]
     transforms = build_transforms(node.transforms, train=split == "train", seed=seed)
     return CocoDetection(
@@ -41,6 +41,8 @@ def build_dataset(cfg: DictConfig, split: str, seed: int = 0) -> CocoDetection:
         node.img_dir,
         transforms=transforms,
         bad_box_policy=cfg.data.get("bad_box_policy", "warn"),
+        check_images=True,
+        bad_image_policy=cfg.data.get("bad_image_policy", "error"),
     )
 
 

@@ -13,9 +13,16 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from data.compact import file_key, load_compact
+from data.compact import file_key, headers_cache_file, load_compact
 from data.decode import read_image
+from data.image_check import check_image_headers
 from data.validate import BAD_BOX_POLICIES, BadBoxPolicy, DatasetError, load_coco_json
+
+BAD_IMAGE_POLICIES = ("error", "skip")
+"""``data.bad_image_policy``: stop on an image failing the check at start, or train without it."""
+
+LISTED_IMAGES = 3
+"""Bad images named in the one-line error (tools/validate_dataset.py lists them all)."""
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,12 @@ class CocoDetection(torch.utils.data.Dataset):
     1 px after clipping or of negative size are dropped and counted in ``stats``; how loudly is
     ``bad_box_policy``: ``"skip"`` (count only), ``"warn"`` (log them) or ``"error"`` (raise).
     Structural problems (see :mod:`data.validate`) raise :class:`DatasetError` at construction.
+
+    With ``check_images`` every image's header is checked at construction (exists, decodable
+    header, the JSON's size, a JPEG's end-of-image marker; :mod:`data.image_check`, cached by file
+    size and mtime). ``bad_image_policy``: ``"error"`` raises one line naming the first bad files
+    and their count; ``"skip"`` leaves those images out and counts them in
+    ``stats["images_skipped"]``.
 
     What training reads is held in a few flat arrays (:class:`data.compact.CompactAnnotations`),
     cached beside the annotation file (``cache``, ``cache_dir``: see
@@ -54,10 +67,16 @@ class CocoDetection(torch.utils.data.Dataset):
         bad_box_policy: BadBoxPolicy = "skip",
         cache: bool = True,
         cache_dir: str | Path | None = None,
+        check_images: bool = False,
+        bad_image_policy: str = "error",
     ) -> None:
         if bad_box_policy not in BAD_BOX_POLICIES:
             raise ValueError(
                 f"bad_box_policy must be one of {BAD_BOX_POLICIES}, not {bad_box_policy!r}"
+            )
+        if bad_image_policy not in BAD_IMAGE_POLICIES:
+            raise ValueError(
+                f"bad_image_policy must be one of {BAD_IMAGE_POLICIES}, not {bad_image_policy!r}"
             )
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
@@ -77,6 +96,34 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DatasetError(f"bad boxes in {self.ann_file}:\n{report}")
         if report and bad_box_policy == "warn":
             logger.warning("bad boxes in %s:\n%s", self.ann_file, report)
+        if check_images:
+            self._check_images(bad_image_policy, headers_cache_file(
+                self.ann_file, self.img_dir, cache_dir) if cache else None)  # fmt: skip
+
+    def _check_images(self, policy: str, cache_file: Path | None) -> None:
+        """Check every image header; stop on the bad ones or leave them out (``policy``)."""
+        data = self._data
+        paths = [self.img_dir / data.file_name(i) for i in range(len(data))]
+        bad = check_image_headers(paths, data.sizes, cache_file, data.image_list_key())
+        if policy == "skip":
+            self.stats["images_skipped"] = len(bad)
+        if not bad:
+            return
+        named = "; ".join(
+            f"image {data.image_ids[i]} ({data.file_name(i)}): {message}"
+            for i, (_, message) in list(bad.items())[:LISTED_IMAGES]
+        )
+        more = f"; and {len(bad) - LISTED_IMAGES} more" if len(bad) > LISTED_IMAGES else ""
+        summary = f"{len(bad)} of the {len(data)} images of {self.ann_file} fail the check: "
+        if policy == "error":
+            raise DatasetError(
+                f"{summary}{named}{more} (tools/validate_dataset.py lists them all; "
+                "data.bad_image_policy=skip trains without them)"
+            )
+        if len(bad) == len(data):
+            raise DatasetError(f"{summary}{named}{more}: no image is left to use")
+        logger.warning("skipping them: %s%s%s", summary, named, more)
+        self._data = data.without(bad)
 
     @property
     def num_classes(self) -> int:

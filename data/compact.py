@@ -23,7 +23,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,15 @@ _ENCODING = ("utf-8", "surrogatepass")  # JSON strings may hold lone surrogates;
 def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Strings as one uint8 buffer and int64 offsets ``(len + 1,)``."""
     encoded = [s.encode(*_ENCODING) for s in strings]
-    offsets = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    offsets = _offsets(np.array([len(b) for b in encoded], np.int64))
     return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """int64 ``(len + 1,)`` offsets of consecutive runs of ``counts`` items."""
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
 
 
 def _unpack(buffer: np.ndarray, offsets: np.ndarray, index: int) -> str:
@@ -135,6 +141,32 @@ class CompactAnnotations:
         """The per-box problem lines, ``""`` when there is none."""
         return self.box_problems.tobytes().decode(*_ENCODING)
 
+    def without(self, drop: Iterable[int]) -> CompactAnnotations:
+        """These arrays less the images ``drop`` (indices) and their boxes; the categories, stats
+        and problem listing are kept as they are."""
+        keep = np.ones(len(self), bool)
+        keep[list(drop)] = False
+        box_counts, name_counts = np.diff(self.box_offsets), np.diff(self.name_offsets)
+        boxes_kept = np.repeat(keep, box_counts)
+        return replace(
+            self,
+            image_ids=self.image_ids[keep],
+            sizes=self.sizes[keep],
+            names=self.names[np.repeat(keep, name_counts)],
+            name_offsets=_offsets(name_counts[keep]),
+            boxes=self.boxes[boxes_kept],
+            labels=self.labels[boxes_kept],
+            iscrowd=self.iscrowd[boxes_kept],
+            box_offsets=_offsets(box_counts[keep]),
+        )
+
+    def image_list_key(self) -> bytes:
+        """A digest of the file names and sizes: what the image-check cache is valid for."""
+        digest = hashlib.sha256()
+        for array in (self.names, self.name_offsets, self.sizes):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.digest()
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
@@ -168,7 +200,9 @@ def build_compact(dataset: Any, img_dir: str | Path, ann_file: str | Path) -> Co
     problems = structural_problems(dataset, img_dir)
     if problems:
         header = f"dataset {ann_file} with images in {img_dir} is not usable:"
-        raise DatasetError(format_problems(header, problems))
+        # One problem fits on the header's line; several are listed one per line.
+        one = len(problems) == 1
+        raise DatasetError(f"{header} {problems[0]}" if one else format_problems(header, problems))
     categories = sorted(dataset["categories"], key=lambda category: category["id"])
     cat_names, cat_name_offsets = _pack([str(category["name"]) for category in categories])
     images = dataset["images"]
@@ -189,11 +223,11 @@ def build_compact(dataset: Any, img_dir: str | Path, ann_file: str | Path) -> Co
 
 
 def structural_problems(dataset: Any, img_dir: str | Path) -> list[Problem]:
-    """The checks that stop the dataset's construction, on the one parsed JSON.
+    """The checks that stop the dataset's construction, on the one parsed JSON (no image read).
 
-    Only :func:`check_structure` (no image read) today; a check of the image headers, when
-    construction gets one, belongs here, so that it shares the parse and runs before the cache is
-    written.
+    The image headers are checked apart from this, on every start and not only when the JSON is
+    parsed, since image files change without the JSON changing: see :func:`headers_cache_file`
+    and :mod:`data.image_check`.
     """
     return check_structure(dataset, img_dir)
 
@@ -235,8 +269,7 @@ def _clean_boxes(
     report = format_problems("", problems).partition("\n")[2] if problems else ""
 
     per_image = np.bincount(owner[keep], minlength=len(images))
-    box_offsets = np.zeros(len(images) + 1, np.int64)
-    np.cumsum(per_image, out=box_offsets[1:])
+    box_offsets = _offsets(per_image)
     stats = {
         "images": len(images),
         "images_without_boxes": int((per_image == 0).sum()),
@@ -277,6 +310,19 @@ def _cache_paths(ann_file: Path, img_dir: Path, cache_dir: Path) -> tuple[Path, 
     when = hashlib.sha256(repr((CACHE_VERSION, file_key(ann_file))).encode()).hexdigest()
     prefix = f"{ann_file.stem}.{where[:12]}"
     return cache_dir / f"{prefix}.{when[:12]}.npz", cache_dir / f"{prefix}.lock", f"{prefix}.*.npz"
+
+
+def headers_cache_file(
+    ann_file: str | Path, img_dir: str | Path, cache_dir: str | Path | None = None
+) -> Path | None:
+    """Where the image-check results of ``ann_file``'s images live (beside its arrays' cache), or
+    ``None`` where that folder does not exist (the cache could not be made)."""
+    ann_file, img_dir = Path(ann_file), Path(img_dir)
+    folder = default_cache_dir(ann_file) if cache_dir is None else Path(cache_dir)
+    _, lock_file, _ = _cache_paths(ann_file, img_dir, folder)
+    # One file per annotation file and image folder (not per JSON version): the results are
+    # per image file, and the digest of the image list stored inside says which list they are of.
+    return lock_file.with_suffix(".headers") if folder.is_dir() else None
 
 
 def _try_load(path: Path) -> CompactAnnotations | None:

@@ -20,7 +20,31 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 class ImageDecodeError(OSError):
-    """An image file exists but cannot be decoded by OpenCV or PIL."""
+    """An image file exists but cannot be decoded by OpenCV or PIL, or is a truncated JPEG."""
+
+
+_JPEG_START = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+_JPEG_TAIL = 64 * 1024
+"""Bytes read from the end of a JPEG: its end-of-image marker, after any zero padding."""
+
+
+def jpeg_truncation(path: str | Path) -> str | None:
+    """Why the JPEG at ``path`` is truncated, or ``None`` (also for a file that is no JPEG).
+
+    A JPEG ends with the end-of-image marker ``FF D9`` (trailing zero bytes, which some cameras
+    and tools pad with, are ignored). A file cut short lacks it, and libjpeg decodes it anyway
+    with grey rows, printing "Premature end of JPEG file" without naming the file.
+    """
+    with open(path, "rb") as handle:
+        if handle.read(3) != _JPEG_START:
+            return None
+        size = handle.seek(0, 2)
+        handle.seek(max(3, size - _JPEG_TAIL))
+        tail = handle.read().rstrip(b"\x00")
+    if tail.endswith(_JPEG_END):
+        return None
+    return "truncated JPEG (no end-of-image marker FFD9 at its end)"
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
@@ -39,11 +63,14 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Handles grayscale, RGBA/LA (alpha dropped), palette, 16-bit and EXIF-rotated images.
     Raises ``FileNotFoundError`` for a missing file and ``ImageDecodeError`` naming the file when
-    neither decoder can read it.
+    neither decoder can read it or it is a truncated JPEG (see :func:`jpeg_truncation`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    truncated = jpeg_truncation(path)
+    if truncated:
+        raise ImageDecodeError(f"cannot decode image {path}: {truncated}")
     if _IMREAD_RGB is not None:
         rgb = cv2.imread(str(path), _IMREAD_RGB)
         if rgb is not None:

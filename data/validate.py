@@ -2,9 +2,10 @@
 
 Two kinds of problem:
 
-- **structural** (the JSON is not COCO, ids are duplicated or unknown, images are missing,
-  unreadable, of another size than the JSON says, or outside the image folder): training cannot
-  be trusted, so they stop it with one :class:`DatasetError` listing them all;
+- **structural** (the JSON is not COCO or lists no image or category, ids are duplicated or
+  unknown, images are missing, unreadable, truncated, of another size than the JSON says, or
+  outside the image folder): training cannot be trusted, so they stop it with one
+  :class:`DatasetError` listing them all;
 - **per box** (negative size, outside the image, degenerate after clipping): the box is dropped
   and counted, and a policy says whether that is silent (``"skip"``), logged (``"warn"``) or
   fatal (``"error"``).
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data.decode import read_image_size
+from data.image_check import check_image_headers
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def _image_name(image: dict[str, Any]) -> str:
 def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
     """Structural problems of a loaded COCO instances dict; reads no image.
 
-    Checks: top-level keys and types, required fields of images, annotations and categories,
+    Checks: top-level keys and types, at least one image and one category, required fields of
+    images, annotations and categories,
     duplicate image, annotation and category ids, annotations naming unknown images or
     categories, and file names that resolve outside ``img_dir``.
     """
@@ -177,6 +179,11 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
             structural("not_coco", "file", f'missing list "{key}" (not a COCO instances file)')
     if problems:
         return problems
+    # Nothing to train or score on: refused here rather than found at the first batch or as an
+    # AP of -1 at the end.
+    for key in ("images", "categories"):
+        if not dataset[key]:
+            structural(f"no_{key}", "file", f'"{key}" is empty (the dataset has no {key})')
 
     root = Path(img_dir).resolve()
     image_ids: Counter[Any] = Counter()
@@ -289,29 +296,21 @@ def check_boxes(dataset: dict[str, Any]) -> list[Problem]:
 
 
 def check_image_files(dataset: dict[str, Any], img_dir: str | Path) -> list[Problem]:
-    """Missing, unreadable and wrongly sized images (reads each image header)."""
+    """Missing, unreadable, truncated (JPEG) and wrongly sized images, from each image's header
+    and a JPEG's last bytes (:func:`data.image_check.check_image_headers`, in parallel)."""
     root = Path(img_dir).resolve()
-    problems = []
-    for image in dataset["images"]:
-        path = root / image["file_name"]
-        if not path.resolve().is_relative_to(root):
-            continue  # already reported by check_structure
-        where = _image_name(image)
-        try:
-            height, width = read_image_size(path)
-        except FileNotFoundError:
-            problems.append(Problem("missing_image", where, f"file {path} not found", True))
-            continue
-        except OSError as error:
-            problems.append(Problem("unreadable_image", where, str(error), True))
-            continue
-        if (height, width) != (image["height"], image["width"]):
-            message = (
-                f"file is {width}x{height} (w x h) but the JSON says "
-                f"{image['width']}x{image['height']}"
-            )
-            problems.append(Problem("size_mismatch", where, message, True))
-    return problems
+    # Names resolving outside img_dir are already reported by check_structure.
+    images = [
+        image
+        for image in dataset["images"]
+        if (root / image["file_name"]).resolve().is_relative_to(root)
+    ]
+    sizes = np.array([(i["height"], i["width"]) for i in images], np.int64).reshape(-1, 2)
+    found = check_image_headers([root / image["file_name"] for image in images], sizes)
+    return [
+        Problem(kind, _image_name(images[index]), message, True)
+        for index, (kind, message) in found.items()
+    ]
 
 
 def validate_coco(ann_file: str | Path, img_dir: str | Path, check_images: bool = True) -> Report:

@@ -38,6 +38,21 @@ from detector.engine.precision import MixedPrecision
 logger = logging.getLogger("focaldet.evaluate")
 
 
+def class_mismatch(model: list[dict], dataset: list[dict], listed: int = 5) -> str:
+    """How the checkpoint's classes (``[{"id", "name"}]``, label order) differ from the
+    dataset's, by id and name (``""`` when they agree): the detections of label ``k`` are
+    written with the checkpoint's id ``k``, so both must name the same classes by the same ids."""
+    names = {c["id"]: c["name"] for c in model}
+    theirs = {c["id"]: c["name"] for c in dataset}
+    differ = [
+        f"id {i}: {names.get(i, 'none')!r} in the checkpoint, {theirs.get(i, 'none')!r} in the data"
+        for i in sorted(names.keys() | theirs.keys())
+        if names.get(i) != theirs.get(i)
+    ]
+    more = f"; and {len(differ) - listed} more" if len(differ) > listed else ""
+    return "; ".join(differ[:listed]) + more
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data.val``; return the metrics (rank 0)."""
     validate_evaluate(cfg)
@@ -51,10 +66,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
         compile_network(model)
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val")
-    unknown = {c["id"] for c in dataset.classes} - {c["id"] for c in classes}
-    if unknown:
-        logger.warning("%s has categories the checkpoint does not know: %s", cfg.data.val.ann_file,
-                       sorted(unknown))  # fmt: skip
+    mismatch = class_mismatch(classes, dataset.classes)
+    if mismatch:
+        raise DatasetError(
+            f"the classes of {cfg.checkpoint} and {cfg.data.val.ann_file} differ ({mismatch}): "
+            "its detections would be scored as other classes"
+        )
     loader = build_test_loader(
         dataset, cfg.data.val.get("batch_size", 1), num_workers=cfg.workers,
         pin_memory=ctx.device.type == "cuda",

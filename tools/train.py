@@ -17,7 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from data.decode import ImageDecodeError
 from data.validate import DatasetError
+from detector.checkpoint import CheckpointError
 from detector.engine.cli import CONFIG_DIR, preflight_argv
 from detector.engine.config import exit_on_config_error, register_resolvers, validate_config
 from detector.engine.events import write_metrics
@@ -25,6 +27,18 @@ from detector.engine.loop import NonFiniteLossError
 from detector.engine.run import run_training
 
 logger = logging.getLogger("focaldet.train")
+
+
+def error_line(error: Exception) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker (whose message is
+    the worker's traceback), the worker's own message, which names the image."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        # The traceback's last line is "module.ErrorType: message".
+        text = text.rstrip().splitlines()[-1].partition(": ")[2]
+    if isinstance(error, CheckpointError):
+        text = " ".join(text.split())  # torch's unpickling errors span lines
+    return text
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -41,8 +55,8 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None
         sys.exit(1)
-    except (DatasetError, FileNotFoundError) as e:
-        print(f"focaldet: {e}", file=sys.stderr)
+    except (DatasetError, FileNotFoundError, ImageDecodeError, CheckpointError) as e:
+        print(f"focaldet: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
     return None if result.metrics is None else result.metrics.get("AP")
 

@@ -24,13 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from detector.engine.config import (
-    ConfigError,
-    _typed,
-    exit_on_config_error,
-    preflight,
-    quote_path_arguments,
-)
+from detector.engine.config import ConfigError, _typed, exit_on_config_error
+from detector.engine.preflight import preflight, quote_path_arguments
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The repository's ``configs/``: ``configs/<tool>.yaml`` is each tool's primary config."""
@@ -73,8 +68,8 @@ def compose_tool(
     return cfg
 
 
-_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
-"""Hydra's first line for an override of a key the config does not have."""
+_UNKNOWN_KEY = re.compile(r"^([^\s:]+): no such key in the config")
+"""preflight's line for an override of a key the config does not have."""
 
 
 def _known_keys(tool: str, key: str) -> str:

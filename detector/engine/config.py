@@ -2,14 +2,14 @@
 
 Every error is reported before anything runs, as a :class:`ConfigError` holding one line that names
 the key and the problem; :func:`exit_on_config_error` turns it into that line on stderr and exit
-code 2. :func:`preflight` composes every job of a command line (each point of a ``-m`` sweep) with
-Hydra's compose API and validates it, so a bad sweep point stops the sweep before its first job.
+code 2. :func:`detector.engine.preflight.preflight` composes every job of a command line (each
+point of a ``-m`` sweep) with Hydra's compose API and validates it with these functions, so a bad
+sweep point stops the sweep before its first job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from data.coco import BAD_IMAGE_POLICIES
+from data.validate import BAD_BOX_POLICIES
 from detector.backbone import RESNET_OUT_CHANNELS
 from detector.box_coder import BoxCoder
 from detector.engine.loop import LoopSettings
@@ -176,6 +177,10 @@ def validate_train(cfg: DictConfig) -> TrainConfig:
         f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}",
     )
     _check(
+        not device.startswith("cuda") or torch.cuda.is_available(),
+        f"train.device={device} but CUDA is not available here (use train.device=auto or cpu)",
+    )
+    _check(
         not (train.amp and train.amp_dtype == "fp16" and device == "cpu"),
         "train.amp_dtype=fp16 needs CUDA (its GradScaler is CUDA-only); use bf16 on CPU",
     )
@@ -221,7 +226,7 @@ def validate_loss(cfg: DictConfig) -> None:
 
 def validate_data(cfg: DictConfig, splits: Sequence[str] = ("train", "val")) -> None:
     """Data paths of ``splits`` must be set, and exist unless the dataset is generated
-    (``data.generate``)."""
+    (``data.generate``); their batch sizes and the bad-box and bad-image policies are checked."""
     data = cfg.data
     generated = data.get("generate") is not None
     # `in data` is False for a key whose value is ??? (missing); keys() lists it.
@@ -236,6 +241,17 @@ def validate_data(cfg: DictConfig, splits: Sequence[str] = ("train", "val")) -> 
             path = Path(str(data[split][key]))
             exists = path.is_file() if key == "ann_file" else path.is_dir()
             _check(generated or exists, f"{name}: {path} does not exist")
+        batch_size = data[split].get("batch_size", 1)
+        _check(
+            isinstance(batch_size, int) and batch_size >= 1,
+            f"data.{split}.batch_size must be an integer >= 1, got {batch_size!r}",
+        )
+    for key, choices in (
+        ("bad_box_policy", BAD_BOX_POLICIES),
+        ("bad_image_policy", BAD_IMAGE_POLICIES),
+    ):
+        value = data.get(key, choices[-1])
+        _check(value in choices, f"data.{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def validate_model(cfg: DictConfig) -> None:
@@ -309,84 +325,6 @@ def validate_infer(cfg: DictConfig) -> None:
         isinstance(thresh, (int, float)) and 0 <= thresh <= 1,
         f"score_thresh must be in [0, 1], got {thresh}",
     )
-
-
-def _group_error(e: MissingConfigException) -> str:
-    missing = e.missing_cfg_file or ""
-    if "/" in missing and e.options:
-        group, option = missing.rsplit("/", 1)
-        return f"unknown {group} {option!r} (choose from {', '.join(sorted(e.options))})"
-    return _one_line(str(e).splitlines()[0])
-
-
-def preflight(
-    argv: Sequence[str],
-    config_dir: Path,
-    config_name: str,
-    validate: Callable[[DictConfig], object] = validate_config,
-) -> None:
-    """Compose and validate every job that ``argv`` (a Hydra command line) would run.
-
-    Hydra's own flags and ``hydra.*`` overrides are left to Hydra. A command line that Hydra's
-    argument parser rejects is also left to Hydra, which reports it itself.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        args = get_args_parser().parse_args(list(argv))
-    except SystemExit:
-        return
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
-        return  # Hydra prints help or the config (--cfg job shows even an incomplete one)
-    config_name = args.config_name or config_name
-    user = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    try:
-        parsed = OverridesParser.create().parse_overrides(user)
-    except HydraException as e:
-        raise ConfigError(_one_line(str(e))) from None
-    if args.multirun:
-        jobs = list(itertools.chain.from_iterable(BasicSweeper.split_arguments(parsed, None)))
-    else:
-        jobs = [user]
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        for job in jobs:
-            try:
-                cfg = compose(config_name=config_name, overrides=list(job))
-            except MissingConfigException as e:
-                raise ConfigError(_group_error(e)) from None
-            except (HydraException, OmegaConfBaseException) as e:
-                raise ConfigError(_one_line(str(e).splitlines()[0])) from None
-            validate(cfg)
-
-
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./~+-]*")
-
-
-def _hydra_quote(value: str) -> str:
-    """``value`` as a single-quoted Hydra string: a backslash is literal unless it precedes a
-    quote, so quotes are escaped and the backslashes before a quote or the end are doubled."""
-    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
-    return f"'{value}'"
-
-
-def quote_path_arguments(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
-    """``argv`` with the values of ``key=PATH`` arguments quoted for Hydra's override grammar.
-
-    Hydra parses every override's value, so a path holding its grammar's characters fails with a
-    parse error; the folders of a multirun sweep do (``5_loss={gamma:2.0,alpha:0.25},
-    train.seed=0``). A value of ``keys`` that is not already quoted and is more than letters,
-    digits and ``_./~+-`` is single-quoted.
-    """
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in keys and value[:1] not in ("'", '"') and not _PLAIN_PATH.fullmatch(value):
-            arg = f"{key}={_hydra_quote(value)}"
-        out.append(arg)
-    return out
 
 
 def exit_on_config_error(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:

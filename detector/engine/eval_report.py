@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.coco import COCO
 
-from detector.engine.evaluator import CocoScores
+from detector.engine.evaluator import CocoScores, class_labels
 
 F1_GRID = np.linspace(0.0, 1.0, 1001)
 """Confidence thresholds of the F1 curve (a detection counts when its score is above one)."""
@@ -364,8 +364,8 @@ def build_report(
 
     ``confusion_thresh`` ``None`` draws the confusion matrix at the F1-maximising threshold.
     """
-    names_by_id = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
-    names = [names_by_id[c] for c in scores.cat_ids]
+    labels = class_labels(coco_gt.dataset["categories"])  # unique, as in per_class_AP
+    names = [labels[c] for c in scores.cat_ids]
     gt = ground_truth(coco_gt, scores.cat_ids)
     dt = detection_boxes(detections, scores.cat_ids, scores.max_dets[-1])
     matched, ignored = match_within_class(dt, gt, iou_thresh)

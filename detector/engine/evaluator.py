@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ from torch import nn
 from data.ranks import rank_and_world_size
 from detector.engine.distributed import all_gather_objects
 from detector.engine.precision import MixedPrecision
+
+logger = logging.getLogger(__name__)
 
 STAT_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -305,22 +309,39 @@ def coco_score(
     )
 
 
+# The metrics' ``warning`` for a split without boxes (logged by :func:`evaluate`).
+NO_GROUND_TRUTH = "the validation set has no ground-truth boxes, so AP and AR are undefined (-1)"
+
+
+def class_labels(categories: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Category id → the label that per-class metrics and reports use: the category's name, or
+    ``"name (id)"`` for the categories whose name another category shares (so none is lost)."""
+    counts = Counter(c["name"] for c in categories)
+    return {
+        c["id"]: c["name"] if counts[c["name"]] == 1 else f"{c['name']} ({c['id']})"
+        for c in categories
+    }
+
+
 def scores_to_metrics(scores: CocoScores, coco_gt: COCO, num_detections: int) -> dict[str, Any]:
-    """``AP`` … ``ARl`` (×100; -1 where undefined), ``per_class_AP`` (class name → AP×100,
-    ``None`` for a class without ground truth) and ``num_detections``."""
+    """``AP`` … ``ARl`` (×100; -1 where undefined), ``per_class_AP`` (class label of
+    :func:`class_labels` → AP×100, ``None`` for a class without ground truth),
+    ``num_detections``, and a ``warning`` (:data:`NO_GROUND_TRUTH`) when there is no box to
+    score against."""
     metrics: dict[str, Any] = {
         name: float(v * 100) if v >= 0 else -1.0
         for name, v in zip(STAT_NAMES, scores.stats, strict=True)
     }
     # Area "all", 100 detections, as the summary's first line.
     precision = scores.precision[:, :, :, 0, -1]
-    names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
+    labels = class_labels(coco_gt.dataset["categories"])
     per_class: dict[str, float | None] = {}
     for k, cat_id in enumerate(scores.cat_ids):
         valid = precision[:, :, k][precision[:, :, k] > -1]
-        per_class[names[cat_id]] = float(np.mean(valid) * 100) if valid.size else None
-    metrics["per_class_AP"] = per_class
-    metrics["num_detections"] = num_detections
+        per_class[labels[cat_id]] = float(np.mean(valid) * 100) if valid.size else None
+    metrics.update(per_class_AP=per_class, num_detections=num_detections)
+    if not any(not a.get("iscrowd", 0) for a in coco_gt.dataset["annotations"]):
+        metrics["warning"] = NO_GROUND_TRUTH
     return metrics
 
 
@@ -345,6 +366,8 @@ def format_summary(metrics: dict[str, Any]) -> str:
     lines.append("per-class AP:")
     for name, ap in metrics["per_class_AP"].items():
         lines.append(f"  {name:<{width}}  {'n/a' if ap is None else f'{ap:.2f}':>6}")
+    if "warning" in metrics:
+        lines.append(f"warning: {metrics['warning']}")
     return "\n".join(lines)
 
 
@@ -370,4 +393,7 @@ def evaluate(
     if rank != 0:
         return None, merged
     merged.scores = coco_score(coco_gt, merged.detections, backend)
-    return scores_to_metrics(merged.scores, coco_gt, len(merged.detections)), merged
+    metrics = scores_to_metrics(merged.scores, coco_gt, len(merged.detections))
+    if "warning" in metrics:
+        logger.warning(metrics["warning"])
+    return metrics, merged

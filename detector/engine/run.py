@@ -270,8 +270,15 @@ class Driver:
         )  # fmt: skip
 
     def evaluate(self, iteration: int) -> None:
-        """COCO evaluation on ``val``: log it, keep it as the run's metrics, save ``best.pt``."""
+        """COCO evaluation on ``val``: log it, keep it as the run's metrics, save ``best.pt``.
+
+        The final evaluation comes after ``last.pt`` is saved, so that no failure of the
+        evaluation can lose the trained model (``last.pt`` is saved again after it, with the
+        final metrics).
+        """
         run = self.run
+        if iteration == run.train.max_iter:
+            self.save_last(iteration)
         metrics, predictions = evaluate(
             run.model, run.postprocessor, run.val_loader,
             run.val_set.coco_gt if run.ctx.is_main else None,  # only rank 0 scores

@@ -13,13 +13,12 @@ from detector.engine.config import (
     ConfigError,
     existing_path,
     loop_settings,
-    preflight,
-    quote_path_arguments,
     validate_config,
     validate_evaluate,
     validate_infer,
 )
 from detector.engine.loop import LoopSettings
+from detector.engine.preflight import preflight, quote_path_arguments
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 Compose = Callable[[list[str]], DictConfig]

@@ -20,8 +20,10 @@ from pycocotools.cocoeval import COCOeval
 from data.convert import voc_to_coco, write_coco
 from detector.engine import evaluator
 from detector.engine.evaluator import (
+    NO_GROUND_TRUTH,
     STAT_NAMES,
     Predictions,
+    class_labels,
     coco_evaluate,
     coco_results,
     coco_score,
@@ -356,3 +358,23 @@ def test_gather_keeps_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
     local = Predictions(*rank0)
     monkeypatch.setattr(evaluator, "all_gather_objects", lambda obj: [obj])
     assert gather_predictions(local).detections is local.detections  # one process: no copy
+
+
+def test_categories_sharing_a_name_keep_one_entry_each(
+    gt: COCO, pycocotools_eval: Callable
+) -> None:
+    gt.dataset["categories"][1]["name"] = "cat"  # ids 3 and 7 are both "cat"
+    metrics = coco_evaluate(gt, _noisy_results(gt))
+    assert list(metrics["per_class_AP"]) == ["cat (3)", "cat (7)", "eel"]
+    assert metrics["per_class_AP"]["eel"] is None
+    reference = pycocotools_eval(gt, _noisy_results(gt), cat_ids=[7])
+    assert metrics["per_class_AP"]["cat (7)"] == pytest.approx(reference.stats[0] * 100)
+    assert "warning" not in metrics
+    assert class_labels(gt.dataset["categories"]) == {3: "cat (3)", 7: "cat (7)", 9: "eel"}
+
+
+def test_no_ground_truth_boxes_give_a_warning(gt: COCO) -> None:
+    empty = _coco({**gt.dataset, "annotations": []})
+    metrics = coco_evaluate(empty, _noisy_results(gt))
+    assert metrics["AP"] == -1.0 and metrics["warning"] == NO_GROUND_TRUTH
+    assert format_summary(metrics).endswith(f"\nwarning: {NO_GROUND_TRUTH}")

@@ -120,6 +120,26 @@ def test_resume_gives_the_same_weights(
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["iteration"] == 4
 
 
+def test_final_evaluation_failure_keeps_the_trained_model(
+    tiny_config: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = build_run(tiny_config("train.max_iter=2", "train.vis_images=0"), tmp_path)
+
+    def broken_evaluation(*args: object, **kwargs: object) -> None:
+        assert (tmp_path / "checkpoints" / "last.pt").is_file()  # saved before it runs
+        raise OSError("validation image unreadable")
+
+    monkeypatch.setattr("detector.engine.run.evaluate", broken_evaluation)
+    with pytest.raises(OSError, match="validation image unreadable"):
+        Driver(run)()
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["iteration"] == 2
+    trained = run.model.state_dict()
+    assert last["model"].keys() == trained.keys()
+    for key, value in last["model"].items():
+        assert torch.equal(value, trained[key].cpu()), key
+
+
 def test_resume_without_checkpoint_is_an_error(
     tiny_config: Callable[..., DictConfig], tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from pycocotools.cocoeval import COCOeval
 from data.coco import CocoDetection
 from data.transforms import build_transforms
 from detector import build_from_checkpoint
-from detector.checkpoint import load_checkpoint
+from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.engine.evaluator import NO_GROUND_TRUTH
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -136,3 +138,51 @@ def test_evaluate_rejects_an_unknown_backend(
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("focaldet: config error: evaluation.backend: eval backend must be one")
+
+
+def test_evaluate_refuses_a_checkpoint_of_other_classes(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    checkpoint = load_checkpoint(make_checkpoint(0.5))
+    first, second = checkpoint["classes"][:2]
+    first["name"] = "person"  # another class under the same id (COCO's id 1 is "person")
+    second["id"] = 90  # the same class under another id
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, checkpoint)
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={path}", *_data_args(tiny_data), f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode == 1
+    ann_file = tiny_data / "annotations" / "instances_val.json"
+    assert (first["id"], second["id"]) == (1, 90)  # synthetic ids 1..5: circle, square, ...
+    assert proc.stderr == (
+        f"focaldet: the classes of {path} and {ann_file} differ (id 1: 'person' in the "
+        "checkpoint, 'circle' in the data; id 2: 'none' in the checkpoint, 'square' in the data; "
+        "id 90: 'square' in the checkpoint, 'none' in the data): its detections would be scored "
+        "as other classes\n"
+    )
+    assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_validation_set_without_boxes_warns_and_says_why(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    ann_file = root / "annotations" / "instances_val.json"
+    ann_file.write_text(json.dumps({**json.loads(ann_file.read_text()), "annotations": []}))
+    data = [  # a plain COCO-format dataset: the synthetic one would be generated again
+        "data=coco_format",
+        f"data.val.ann_file={ann_file}",
+        f"data.val.img_dir={root}/val",
+        *[a for a in _data_args(root) if not a.startswith(("data.root", "data.generate"))],
+    ]
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={make_checkpoint(0.005)}", *data,
+        f"hydra.run.dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["AP"] == -1.0 and metrics["warning"] == NO_GROUND_TRUTH
+    assert f"warning: {NO_GROUND_TRUTH}" in proc.stdout

@@ -40,3 +40,13 @@ def test_config_errors(run_tool, tmp_path) -> None:
         assert done.stderr == f"focaldet: config error: {message}\n"
     done = run_tool("report.py", "--help")
     assert done.returncode == 0 and "runs=RUNS_DIR [out=DIR]" in done.stdout
+
+
+def test_validator_fails_a_dataset_without_images(run_tool, tmp_path) -> None:
+    ann_file = tmp_path / "empty.json"
+    categories = [{"id": 1, "name": "a"}]
+    ann_file.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    done = run_tool("validate_dataset.py", f"ann_file={ann_file}", f"img_dir={tmp_path}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert '  - file: "images" is empty (the dataset has no images)\n' in done.stdout
+    assert done.stdout.endswith("FAILED\n")
