@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
+import select
+import signal
+import sys
+import threading
 from typing import Any, NamedTuple
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -12,7 +19,15 @@ from torch.utils.data import BatchSampler as TorchBatchSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from data.ranks import rank_and_world_size
-from data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
+from data.samplers import (
+    GroupedBatchSampler,
+    InfiniteSampler,
+    PositionedSampler,
+    SkipBatches,
+    StreamItem,
+    aspect_ratio_groups,
+)
+from data.transforms import reseed
 
 
 class Batch(NamedTuple):
@@ -48,25 +63,100 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
     return Batch(padded, sizes, [target for _, target in batch])
 
 
-class _WorkerSeeder:
-    """``worker_init_fn``: seeds Python, NumPy, torch and the dataset's albumentations pipeline.
+class SeededSamples(Dataset):
+    """The training view of ``dataset``: item :class:`~data.samplers.StreamItem` ``(index,
+    position)`` is ``dataset[index]`` with its augmentation drawn from ``(seed, position)``.
 
-    Worker ``w`` of rank ``r`` gets ``seed + 1000 * r + w``; batches go to workers round-robin in
-    a fixed order, so a run is reproducible for a given seed and number of workers. OpenCV is
-    set single-threaded (its threads would oversubscribe the cores the workers already share).
+    Every random choice of the pipeline is then a function of the seed and the sample's position
+    in the stream, not of a generator's history: a resumed run, any number of workers (a batch
+    may go to any of them) and a change of worker count all see the same augmentations.
+    ``dataset.transforms`` must be ``None`` or an albumentations pipeline
+    (:func:`data.transforms.build_transforms`).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        transforms = getattr(dataset, "transforms", None)
+        if transforms is not None and not isinstance(transforms, A.BaseCompose):
+            raise TypeError(
+                f"training transforms must be an albumentations pipeline (build_transforms), so "
+                f"that each sample's augmentation can be seeded; got {type(transforms).__name__}"
+            )
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: StreamItem) -> Any:
+        transforms = getattr(self.dataset, "transforms", None)
+        if transforms is not None:
+            reseed(transforms, self.seed, item.position)
+        return self.dataset[item.index]
+
+
+class _DieWithTrainer:
+    """``worker_init_fn`` of the evaluation loader: the worker ends with the process that built
+    the loader (:func:`die_with`)."""
+
+    def __init__(self) -> None:
+        self.trainer_pid = os.getpid()
+
+    def __call__(self, worker_id: int) -> None:
+        die_with(self.trainer_pid)
+
+
+class _WorkerInit(_DieWithTrainer):
+    """``worker_init_fn`` of the training loader: seeds Python, NumPy and torch, and the worker
+    ends with the trainer.
+
+    Worker ``w`` of rank ``r`` gets ``seed + 1000 * r + w`` for the global generators (the
+    augmentation draws from its own, see :class:`SeededSamples`). OpenCV is set single-threaded
+    (its threads would oversubscribe the cores the workers already share).
     """
 
     def __init__(self, seed: int, rank: int) -> None:
+        super().__init__()
         self.seed = seed
         self.rank = rank
 
     def __call__(self, worker_id: int) -> None:
         seed_everything(self.seed + 1000 * self.rank + worker_id)
         cv2.setNumThreads(1)
-        info = torch.utils.data.get_worker_info()
-        transforms = getattr(info.dataset, "transforms", None) if info else None
-        if hasattr(transforms, "set_random_seed"):
-            transforms.set_random_seed(self.seed + 1000 * self.rank + worker_id)
+        super().__call__(worker_id)
+
+
+def die_with(pid: int) -> None:
+    """End this process (SIGKILL) as soon as process ``pid`` or this process's parent ends.
+
+    A forkserver worker's parent is the forkserver, not the trainer, and the forkserver lives as
+    long as a worker holds its "alive" pipe (each worker inherits it): after a ``kill -9`` of the
+    trainer, torch's own watchdog (which watches the parent) would wait for ever, the workers
+    (~1 GB each), the forkserver and the resource tracker with it. So the worker watches the
+    trainer itself, from a daemon thread blocked on a pidfd (readable when ``pid`` exits), and
+    asks the kernel for SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``). Once the
+    workers are gone, the forkserver and the resource tracker see their pipes close and exit.
+    """
+    if sys.platform != "linux":
+        return  # torch's watchdog remains (the worker ends when its parent does)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:  # the trainer died before this worker started
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except OSError:  # no pidfd (Linux < 5.3, or a sandbox refuses it): the parent-death signal
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="focaldet-trainer-watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option of <linux/prctl.h>: the signal to receive when the parent thread ends."""
 
 
 def seed_everything(seed: int) -> None:
@@ -98,30 +188,32 @@ def build_train_loader(
     seed: int = 0,
     aspect_ratio_grouping: bool = True,
     pin_memory: bool = False,
+    start_batch: int = 0,
 ) -> DataLoader:
     """Infinite loader of :class:`Batch` for iteration-based training.
 
     ``batch_size`` is per process. Indices come from a seeded :class:`InfiniteSampler` sharded over
     the ``torch.distributed`` ranks (when initialised); with ``aspect_ratio_grouping`` batches hold
-    only landscape or only portrait images (needs ``dataset.aspect_ratios()``). Iterate it with
-    ``iter()`` once and call ``next`` per step; it never ends.
+    only landscape or only portrait images (needs ``dataset.aspect_ratios()``). Each sample's
+    augmentation is seeded with ``(seed, its position in the stream)`` (:class:`SeededSamples`).
+    ``start_batch`` skips the batches a resumed run has already trained on: the loader then gives
+    exactly the batches, augmentations included, that follow them in an uninterrupted run,
+    whatever ``num_workers`` either run used. Iterate it with ``iter()`` once and call ``next``
+    per step; it never ends.
     """
     rank, world_size = rank_and_world_size()
-    sampler = InfiniteSampler(
-        len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size
+    sampler = PositionedSampler(
+        InfiniteSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size)
     )
     if aspect_ratio_grouping:
         groups = aspect_ratio_groups(dataset.aspect_ratios())
         batch_sampler = GroupedBatchSampler(sampler, groups, batch_size)
     else:
         batch_sampler = TorchBatchSampler(sampler, batch_size, drop_last=True)
-    transforms = getattr(dataset, "transforms", None)
-    if hasattr(transforms, "set_random_seed"):
-        transforms.set_random_seed(seed + 1000 * rank)  # used as is when num_workers == 0
     return DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
-        worker_init_fn=_WorkerSeeder(seed, rank),
+        SeededSamples(dataset, seed),
+        batch_sampler=SkipBatches(batch_sampler, start_batch),
+        worker_init_fn=_WorkerInit(seed, rank),
         generator=torch.Generator().manual_seed(seed),
         **_loader_kwargs(num_workers, pin_memory),
     )
@@ -155,5 +247,6 @@ def build_test_loader(
         sampler=sampler,
         shuffle=False,
         drop_last=False,
+        worker_init_fn=_DieWithTrainer(),
         **_loader_kwargs(num_workers, pin_memory),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
@@ -44,6 +45,51 @@ class InfiniteSampler(Sampler[int]):
         return itertools.islice(self._stream(), self.rank, None, self.world_size)
 
 
+class StreamItem(NamedTuple):
+    """One draw of the training stream: dataset ``index`` at ``position`` in the stream that all
+    ranks share (the ``position``-th index the seeded permutations produce)."""
+
+    index: int
+    position: int
+
+
+class PositionedSampler(Sampler[StreamItem]):
+    """The indices of an :class:`InfiniteSampler`, each with its global position in the stream.
+
+    Rank ``r`` of ``world_size`` takes positions ``r, r + world_size, ...``, so a position names
+    one draw whatever the number of ranks; seeding a sample's augmentation with it (see
+    ``data.loader.SeededSamples``) makes the augmentation a function of (seed, position), not of
+    a generator's history.
+    """
+
+    def __init__(self, sampler: InfiniteSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[StreamItem]:
+        rank, world_size = self.sampler.rank, self.sampler.world_size
+        for count, index in enumerate(self.sampler):
+            yield StreamItem(index, rank + count * world_size)
+
+
+class SkipBatches(Sampler[list]):
+    """A batch sampler without the first ``count`` batches of ``batch_sampler`` (a run resumed
+    after ``count`` steps).
+
+    The batches are replayed from the start and dropped as index lists (no image of a skipped
+    batch is decoded), so what depends on history, such as the buffers of
+    :class:`GroupedBatchSampler`, is rebuilt exactly.
+    """
+
+    def __init__(self, batch_sampler: Iterable[list], count: int) -> None:
+        if count < 0:
+            raise ValueError(f"cannot skip a negative number of batches: {count}")
+        self.batch_sampler = batch_sampler
+        self.count = count
+
+    def __iter__(self) -> Iterator[list]:
+        return itertools.islice(iter(self.batch_sampler), self.count, None)
+
+
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches whose images all share a group (e.g. landscape vs portrait), to pad less.
 
@@ -52,7 +98,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
     torchvision's reference GroupedBatchSampler and detectron2's AspectRatioGroupedDataset do.
     Over a finite sampler it yields exactly ``len(sampler) // batch_size`` batches, completing
     partial groups at the end with repeated indices of the same group, so every
-    ``DistributedSampler`` rank runs the same number of steps.
+    ``DistributedSampler`` rank runs the same number of steps. The items may also be
+    :class:`StreamItem` items (grouped by their ``index``); batches then hold the items.
     """
 
     def __init__(self, sampler: Iterable[int], group_ids: Sequence[int], batch_size: int) -> None:
@@ -67,7 +114,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         seen: dict[int, list[int]] = defaultdict(list)
         yielded = 0
         for index in self.sampler:
-            group = self.group_ids[index]
+            group = self.group_ids[index.index if isinstance(index, StreamItem) else index]
             buffers[group].append(index)
             seen[group].append(index)
             if len(buffers[group]) == self.batch_size:

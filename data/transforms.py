@@ -17,6 +17,7 @@ crowd flag. Its box processor is
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -229,7 +230,8 @@ def build_transforms(
     the list in the error, e.g. ``config.data.val.transforms``). With ``train=False`` every
     transform must be applied with probability 1: a random transform left in an evaluation
     pipeline (a flip with ``p=0.5``) would silently change the measured AP, so it raises.
-    ``seed`` seeds the pipeline's own random state (workers reseed it, see data/loader.py).
+    ``seed`` seeds the pipeline's own random state; the training loader reseeds it for every
+    sample with :func:`reseed` (data/loader.py).
     """
     transforms = []
     for index, node in enumerate(nodes):
@@ -261,3 +263,19 @@ def build_transforms(
     # Nested composes share this dict, so replacing the entry reaches them too.
     compose.processors["bboxes"] = DetectionBboxProcessor(bbox_params)
     return compose
+
+
+def reseed(transforms: A.BaseCompose, seed: int, position: int) -> None:
+    """Give ``transforms`` (and every transform inside it) generators drawn from ``(seed,
+    position)`` only, so that one sample's augmentation does not depend on what came before it.
+
+    albumentations 2.x draws from the pipeline's own NumPy and Python generators, never the global
+    ones; they are replaced, not reseeded in place, and shared by all the transforms (seeding each
+    with the same number, as ``set_random_seed`` does, would tie their draws together: a flip
+    decided by the same first number as the scale). The seed is mixed by NumPy's
+    ``SeedSequence``, so nearby positions get unrelated streams.
+    """
+    # SeedSequence takes non-negative entropy; a negative seed maps to its 64-bit pattern.
+    numpy_seq, python_seq = np.random.SeedSequence([seed % 2**64, position]).spawn(2)
+    python_seed = int.from_bytes(python_seq.generate_state(4).tobytes(), "little")
+    transforms.set_random_state(np.random.default_rng(numpy_seq), random.Random(python_seed))

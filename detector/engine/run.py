@@ -49,7 +49,7 @@ from detector.engine.events import EventWriter, write_metrics
 from detector.engine.loop import Trainer
 from detector.engine.optim import build_lr_scheduler, build_sgd, scaled_lr
 from detector.engine.precision import MixedPrecision
-from detector.engine.state import restore_training_state, skip_batches, training_checkpoint
+from detector.engine.state import restore_training_state, training_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -188,11 +188,12 @@ def build_loaders(
         seed=train.seed,
         aspect_ratio_grouping=cfg.data.get("aspect_ratio_grouping", True),
         pin_memory=pin,
+        start_batch=start_iter,
     )
     val_loader = build_test_loader(
         val_set, cfg.data.val.get("batch_size", 1), num_workers=train.workers, pin_memory=pin
     )
-    return skip_batches(loader, start_iter), val_loader
+    return loader, val_loader
 
 
 def build_run(cfg: DictConfig, run_dir: str | Path) -> Run:

@@ -2,21 +2,20 @@
 
 The file format is the one of ``docs/design.md`` (``detector/checkpoint.py`` writes it atomically
 and reads it with ``weights_only=True``), so every value here is a tensor or a Python primitive:
-the NumPy and Python RNG states are converted to tensors and lists.
+the NumPy and Python RNG states are converted to tensors and lists. The data stream needs no
+state of its own: the batches and their augmentations are functions of the seed and the iteration
+(``data.loader.build_train_loader(start_batch=...)``).
 """
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader
 
 from detector.checkpoint import FORMAT_VERSION
 
@@ -133,38 +132,3 @@ def restore_training_state(
         scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_state(checkpoint["rng"])
     return int(checkpoint["iteration"])
-
-
-class _SkipBatches:
-    """A batch sampler that drops the first ``count`` batches of ``batch_sampler``.
-
-    Skipping happens on index lists, so no image of a skipped batch is decoded.
-    """
-
-    def __init__(self, batch_sampler: Iterable[list[int]], count: int) -> None:
-        self.batch_sampler = batch_sampler
-        self.count = count
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(iter(self.batch_sampler), self.count, None)
-
-
-def skip_batches(loader: DataLoader, count: int) -> DataLoader:
-    """``loader`` positioned after its first ``count`` batches (a run resumed at ``count``).
-
-    The batch order is a function of the seed and the iteration only, so a resumed run sees the
-    batches the uninterrupted run would have. (Random augmentations restart their generators.)
-    """
-    if count == 0:
-        return loader
-    return DataLoader(
-        loader.dataset,
-        batch_sampler=_SkipBatches(loader.batch_sampler, count),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-        prefetch_factor=loader.prefetch_factor,
-    )

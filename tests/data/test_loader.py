@@ -11,7 +11,14 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 
 from data.coco import CocoDetection
 from data.loader import Batch, build_test_loader, build_train_loader, collate
-from data.samplers import GroupedBatchSampler, InfiniteSampler, aspect_ratio_groups
+from data.samplers import (
+    GroupedBatchSampler,
+    InfiniteSampler,
+    PositionedSampler,
+    SkipBatches,
+    StreamItem,
+    aspect_ratio_groups,
+)
 from data.transforms import build_transforms
 
 
@@ -123,3 +130,66 @@ def test_test_loader_keeps_order(tiny_coco):
     assert [t["image_id"] for b in batches for t in b.targets] == [10, 20, 30]
     assert batches[0].image_sizes.tolist() == [[20, 30], [33, 20]]
     assert batches[0].images.shape == (2, 3, 33, 30)
+
+
+def test_skipped_grouped_batches_replay_the_uninterrupted_stream():
+    # Aspect-ratio buffering makes a batch depend on every earlier index: skipping must rebuild
+    # the buffers, not start them empty at the resume point.
+    groups = [0, 1, 1, 0, 1, 0, 0]
+    grouped = GroupedBatchSampler(PositionedSampler(InfiniteSampler(7, seed=2)), groups, 3)
+    straight = list(itertools.islice(iter(grouped), 12))
+    assert list(itertools.islice(iter(SkipBatches(grouped, 5)), 7)) == straight[5:]
+    assert all(len({groups[i.index] for i in batch}) == 1 for batch in straight)
+    # Positions count the shared stream: each appears once, in stream order within a group.
+    positions = sorted(item.position for batch in straight for item in batch)
+    assert positions == sorted(set(positions)) and positions[0] == 0
+    with pytest.raises(ValueError, match="cannot skip a negative number of batches: -1"):
+        SkipBatches(grouped, -1)
+
+
+def test_positions_are_global_over_ranks():
+    full = list(itertools.islice(iter(PositionedSampler(InfiniteSampler(5, seed=3))), 10))
+    assert full == [StreamItem(index, position) for position, index in enumerate(
+        itertools.islice(iter(InfiniteSampler(5, seed=3)), 10)
+    )]  # fmt: skip
+    rank1 = PositionedSampler(InfiniteSampler(5, seed=3, rank=1, world_size=2))
+    assert list(itertools.islice(iter(rank1), 5)) == full[1::2]
+
+
+FLIP_AND_SCALE = [
+    {"_target_": "data.transforms.ResizeShortestEdge", "short_sizes": [20, 40], "max_size": 200},
+    {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+]
+
+
+def _batches(tiny_coco, num_workers: int, start_batch: int, count: int) -> list[Batch]:
+    ann_file, img_dir, _ = tiny_coco
+    dataset = CocoDetection(ann_file, img_dir, transforms=build_transforms(FLIP_AND_SCALE))
+    loader = build_train_loader(
+        dataset, batch_size=2, num_workers=num_workers, seed=5, start_batch=start_batch
+    )
+    stream = iter(loader)
+    return [next(stream) for _ in range(count)]
+
+
+def test_resumed_loader_gives_the_same_augmented_batches_with_any_workers(tiny_coco):
+    straight = _batches(tiny_coco, num_workers=0, start_batch=0, count=8)
+    boxes = [t["boxes"] for b in straight for t in b.targets if len(t["boxes"])]
+    # The augmentation is random: both flips of the asymmetric image 10 and both scales occur.
+    flipped = {float(t["boxes"][0, 0]) for b in straight for t in b.targets if t["image_id"] == 10}
+    assert len(flipped) >= 3 and len({tuple(b.images.shape[-2:]) for b in straight}) >= 2
+    assert boxes
+    for num_workers in (0, 2):
+        resumed = _batches(tiny_coco, num_workers=num_workers, start_batch=5, count=3)
+        for a, b in zip(straight[5:], resumed, strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.image_sizes, b.image_sizes)
+            for ta, tb in zip(a.targets, b.targets, strict=True):
+                assert ta["image_id"] == tb["image_id"]
+                assert torch.equal(ta["boxes"], tb["boxes"])
+
+
+def test_train_loader_needs_a_reseedable_pipeline(tiny_coco):
+    ann_file, img_dir, _ = tiny_coco
+    dataset = CocoDetection(ann_file, img_dir, transforms=lambda **data: data)
+    with pytest.raises(TypeError, match="must be an albumentations pipeline .* got function"):
+        build_train_loader(dataset, batch_size=2)

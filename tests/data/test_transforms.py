@@ -13,6 +13,7 @@ from data.transforms import (
     DetectionBboxProcessor,
     ResizeShortestEdge,
     build_transforms,
+    reseed,
     resized_shape,
 )
 
@@ -158,3 +159,29 @@ def test_resize_is_one_cv2_resize_and_keeps_grayscale_shape():
     np.testing.assert_array_equal(resize.apply(image, out_shape=(45, 62)), expected)
     assert resize.apply(image, out_shape=(30, 41)) is image
     assert resize.apply(image[:, :, :1], out_shape=(45, 62)).shape == (45, 62, 1)
+
+
+def test_reseed_makes_a_sample_a_function_of_seed_and_position():
+    nodes = [
+        {"_target_": "data.transforms.ResizeShortestEdge", "short_sizes": [10, 20]},
+        {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+    ]
+    image = np.zeros((5, 5, 3), np.uint8)
+    boxes, labels, iscrowd = np.array([[0, 0, 1, 5]], np.float32), np.array([1]), np.array([False])
+
+    def draw(transform, seed, position):
+        reseed(transform, seed, position)
+        out = _run(transform, image, boxes, labels, iscrowd)
+        return out["image"].shape[0], float(out["bboxes"][0, 0]) > 0  # (scale, flipped)
+
+    transform = build_transforms(nodes, seed=0)
+    draws = [draw(transform, 7, position) for position in range(64)]
+    # A history of other samples (another pipeline, other positions) changes nothing.
+    other = build_transforms(nodes, seed=123)
+    for position in (40, 3, 63, 0, 3):
+        _run(other, image, boxes, labels, iscrowd)
+        assert draw(other, 7, position) == draws[position]
+    # Every (scale, flip) pair occurs: the flip is not tied to the scale by a shared seed.
+    assert set(draws) == {(10, False), (10, True), (20, False), (20, True)}
+    assert draws != [draw(transform, 8, position) for position in range(64)]
+    assert draw(transform, -1, 5) == draw(transform, 2**64 - 1, 5)

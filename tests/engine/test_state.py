@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.engine.optim import build_lr_scheduler, build_sgd
 from detector.engine.precision import MixedPrecision
+from detector.engine.run import build_run, run_training
 from detector.engine.state import restore_training_state, training_checkpoint
 
 MAX_ITER = 12
@@ -97,3 +100,18 @@ def test_resume_restores_every_random_generator(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(4), expected[0])
     assert np.array_equal(np.random.rand(4), expected[1])
     assert [random.random() for _ in range(4)] == expected[2]
+
+
+def test_resumed_loader_keeps_the_forkserver_context(
+    tiny_config: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # Plain fork can deadlock a worker on its first resize (data/loader.py): the loader of a
+    # resumed run, positioned after the batches already seen, must use forkserver too.
+    run_training(tiny_config("train.max_iter=1", "train.vis_images=0"), tmp_path)
+    run = build_run(
+        tiny_config("train.max_iter=2", "train.resume=true", "train.workers=2"), tmp_path
+    )
+    run.writer.close()
+    assert run.start_iter == 1
+    assert run.train_loader.num_workers == 2
+    assert run.train_loader.multiprocessing_context.get_start_method() == "forkserver"
