@@ -17,6 +17,7 @@ crowd flag. Its box processor is
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 from albumentations.augmentations.geometric import functional as fgeometric
 from albumentations.core.bbox_utils import BboxProcessor
 from albumentations.core.utils import get_shape
@@ -119,6 +122,60 @@ class ResizeShortestEdge(A.DualTransform):
         return ("short_sizes", "max_size", "interpolation")
 
 
+class TorchvisionResize(ResizeShortestEdge):
+    """torchvision's detection resize (``GeneralizedRCNNTransform``), reproduced exactly.
+
+    The scale is ``min(min_size / shorter side, max_size / longer side)`` and the output size
+    ``floor(side * scale)`` (:class:`ResizeShortestEdge` rounds); the image is converted to float
+    in ``[0, 1]`` first and resized by ``torch.nn.functional.interpolate`` (bilinear, no
+    antialiasing, ``recompute_scale_factor=True``), as torchvision does, and stays float32: no
+    rounding back to uint8, which alone moves a detector's scores in the third decimal. A model
+    converted from torchvision (detector/torchvision_convert.py) detects what torchvision detects
+    only behind this resize. torchvision normalises before resizing and focaldet after; bilinear
+    weights sum to one, so the two orders agree to float rounding (~1e-7).
+    """
+
+    class InitSchema(A.core.transforms_interface.BaseTransformInitSchema):
+        min_size: int = Field(gt=0)
+        max_size: int = Field(gt=0)
+
+    def __init__(self, min_size: int = 800, max_size: int = 1333, p: float = 1.0) -> None:
+        """``min_size``: target shorter side (px); ``max_size``: cap on the longer side (px)."""
+        super().__init__(short_sizes=min_size, max_size=max_size, p=p)
+        self.min_size = min_size
+
+    def scale(self, height: int, width: int) -> float:
+        """torchvision's scale factor for an image of ``height`` × ``width``."""
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        scale = self.scale(height, width)
+        # F.interpolate's output size for a scale factor: floor(size * scale), in double.
+        out_shape = (math.floor(height * scale), math.floor(width * scale))
+        return {"out_shape": out_shape, "scale": scale}
+
+    def apply(
+        self, img: np.ndarray, out_shape: tuple[int, int], scale: float, **params: Any
+    ) -> np.ndarray:
+        """(H, W, C) uint8 or float in [0, 1] → (h, w, C) float32 in [0, 1]."""
+        tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        tensor = tensor.float() / 255.0 if img.dtype == np.uint8 else tensor.float()
+        resized = F.interpolate(
+            tensor[None],
+            scale_factor=scale,
+            mode="bilinear",
+            recompute_scale_factor=True,
+            align_corners=False,
+        )[0]
+        return resized.permute(1, 2, 0).numpy()
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("min_size", "max_size")
+
+
 class DetectionBboxProcessor(BboxProcessor):
     """albumentations' box processor for the box setup of :func:`build_transforms`, vectorised.
 
@@ -205,7 +262,7 @@ class DetectionBboxProcessor(BboxProcessor):
 
 TRANSFORM_TARGETS = Allowlist(
     "data.transforms classes and albumentations transforms",
-    names_of("data.transforms", ResizeShortestEdge),
+    names_of("data.transforms", ResizeShortestEdge, TorchvisionResize),
     package="albumentations",
     package_bases=(A.BasicTransform, A.BaseCompose),
     # Lambda's arguments are functions: code by definition, never built from a file.

@@ -30,7 +30,18 @@ __all__ = [
     "RetinaNet",
     "RetinaNetCriterion",
     "RetinaNetHead",
+    "Predictor",
     "RetinaNetPostProcessor",
     "build_from_checkpoint",
     "convert_torchvision_state_dict",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Predictor is imported on first use: it reads images and transforms through data/, whose
+    # transforms import detector.safe_config, so importing it here would be circular.
+    if name == "Predictor":
+        from detector.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'detector' has no attribute {name!r}")

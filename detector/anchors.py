@@ -35,6 +35,11 @@ class AnchorGenerator:
         strides: the stride in input pixels of each level (P3–P7: 8 … 128).
         scales: octave scales applied to numeric ``sizes``.
         ratios: aspect ratios ``h / w``.
+        strides_from_image: take each level's stride from the padded input instead, per axis
+            ``input size // feature map size`` (torchvision's ``AnchorGenerator`` rule). It equals
+            ``strides`` when the input is a multiple of the largest stride; on an input padded
+            to 32 only (torchvision's ``size_divisible``), P6 and P7 get other strides
+            (800 // 13 = 61, not 64), and a converted torchvision model needs the same anchors.
 
     Base anchors are ``(-w/2, -h/2, w/2, h/2)`` rounded to integers, with ``w = s / sqrt(r)`` and
     ``h = s * sqrt(r)``, ordered ratio-major (index ``ratio * S + scale``) as torchvision. The
@@ -48,12 +53,14 @@ class AnchorGenerator:
         strides: Sequence[int] = DEFAULT_STRIDES,
         scales: Sequence[float] = DEFAULT_SCALES,
         ratios: Sequence[float] = DEFAULT_RATIOS,
+        strides_from_image: bool = False,
     ) -> None:
         if len(sizes) != len(strides):
             raise ValueError(
                 f"AnchorGenerator: {len(sizes)} sizes for {len(strides)} strides; one per level"
             )
         self.strides = [int(s) for s in strides]
+        self.strides_from_image = bool(strides_from_image)
         self.ratios = [float(r) for r in ratios]
         self.level_sizes: list[list[float]] = []
         for size in sizes:
@@ -94,20 +101,35 @@ class AnchorGenerator:
         hs = (h_ratios[:, None] * scales[None, :]).view(-1)
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
+    def level_strides(
+        self, feature_shapes: Sequence[tuple[int, int]], image_shape: tuple[int, int] | None
+    ) -> list[tuple[int, int]]:
+        """``(stride_y, stride_x)`` of each level: ``strides``, or with ``strides_from_image``
+        the padded input's ``image_shape`` ``(H, W)`` floor-divided by each level's size."""
+        if not self.strides_from_image or image_shape is None:
+            return [(s, s) for s in self.strides]
+        # No int(): under torch.export the sizes are symbolic and must stay so.
+        return [(image_shape[0] // h, image_shape[1] // w) for h, w in feature_shapes]
+
     def grid_anchors(
-        self, feature_shapes: Sequence[tuple[int, int]], device: torch.device
+        self,
+        feature_shapes: Sequence[tuple[int, int]],
+        device: torch.device,
+        strides: Sequence[tuple[int, int]] | None = None,
     ) -> list[Tensor]:
-        """Per-level anchors, a list of L tensors (H_l * W_l * A, 4) in float32."""
+        """Per-level anchors, a list of L tensors (H_l * W_l * A, 4) in float32; ``strides``:
+        ``(stride_y, stride_x)`` per level (default: ``self.strides``)."""
         if len(feature_shapes) != self.num_levels:
             raise ValueError(
                 f"AnchorGenerator: {len(feature_shapes)} feature maps for {self.num_levels} levels"
             )
+        strides = strides or self.level_strides(feature_shapes, None)
         anchors = []
-        for (height, width), stride, base in zip(
-            feature_shapes, self.strides, self.cell_anchors, strict=True
+        for (height, width), (stride_y, stride_x), base in zip(
+            feature_shapes, strides, self.cell_anchors, strict=True
         ):
-            shifts_x = torch.arange(width, dtype=torch.int32, device=device) * stride
-            shifts_y = torch.arange(height, dtype=torch.int32, device=device) * stride
+            shifts_x = torch.arange(width, dtype=torch.int32, device=device) * stride_x
+            shifts_y = torch.arange(height, dtype=torch.int32, device=device) * stride_y
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
@@ -122,16 +144,22 @@ class AnchorGenerator:
         return self.anchors_and_counts(feature_shapes, device)[0]
 
     def anchors_and_counts(
-        self, feature_shapes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
+        self,
+        feature_shapes: Sequence[tuple[int, int]],
+        device: torch.device | str = "cpu",
+        image_shape: tuple[int, int] | None = None,
     ) -> tuple[Tensor, list[int]]:
-        """Anchors (R, 4) and the number of anchors of each level (L ints), cached."""
+        """Anchors (R, 4) and the number of anchors of each level (L ints), cached.
+        ``image_shape``: the padded input's ``(H, W)``, used with ``strides_from_image``."""
         device = torch.device(device)
-        key = (tuple((int(h), int(w)) for h, w in feature_shapes), device)
+        shapes = tuple((int(h), int(w)) for h, w in feature_shapes)
+        strides = tuple(self.level_strides(shapes, image_shape))
+        key = (shapes, strides, device)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        levels = self.grid_anchors(key[0], device)
+        levels = self.grid_anchors(shapes, device, strides)
         entry = (torch.cat(levels), [len(a) for a in levels])
         self._cache[key] = entry
         if len(self._cache) > _CACHE_ENTRIES:

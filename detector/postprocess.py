@@ -3,6 +3,8 @@ the top-scoring (anchor, class) pairs above a threshold, decode them, then class
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
@@ -57,6 +59,10 @@ def topk_per_level(
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
 
 
+TopK = Callable[[Tensor, list[int], int], tuple[Tensor, Tensor]]
+"""``(cls_logits (N, R, K), anchors per level, k) -> (logits (N, C), flat indices (N, C))``."""
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -100,26 +106,22 @@ class RetinaNetPostProcessor(nn.Module):
         self.nms_thresh = float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
 
-    @torch.no_grad()
-    def forward(self, outputs: DenseOutputs, orig_sizes: Tensor | None = None) -> list[dict]:
-        """One dict per image: ``boxes`` (D, 4) xyxy in original-image pixels, ``scores`` (D,),
-        ``labels`` (D,) int64, best first.
+    def candidates(
+        self, outputs: DenseOutputs, topk: TopK | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The top ``topk_candidates`` (anchor, class) pairs of each level, decoded and clipped
+        to each image, in float32: boxes (N, C, 4) xyxy in input pixels, scores (N, C) and
+        labels (N, C); below-threshold ones are still there (``scores > score_thresh`` keeps).
 
-        ``orig_sizes`` (N, 2) are the ``(h, w)`` the images had before the data pipeline resized
-        them to ``outputs.image_sizes``; ``None`` keeps the model-input coordinates.
+        ``topk``: the per-level selection (default :func:`topk_per_level`; the export passes a
+        variant without shape-dependent branches).
         """
         # Scores, decoding and NMS in float32 whatever the network's dtype (bf16 logits tie).
         cls_logits, box_deltas = outputs.cls_logits.float(), outputs.box_deltas.float()
         anchors = outputs.anchors
-        num_images, _, num_classes = cls_logits.shape
+        num_classes = cls_logits.shape[-1]
         sizes = outputs.image_sizes.to(anchors.device, torch.float32)
-        orig = sizes if orig_sizes is None else torch.as_tensor(orig_sizes).to(sizes)
-        if orig.shape != sizes.shape:
-            raise ValueError(
-                f"RetinaNetPostProcessor: orig_sizes must be {tuple(sizes.shape)}, "
-                f"got {tuple(orig.shape)}"
-            )
-        logits, flat = topk_per_level(
+        logits, flat = (topk or topk_per_level)(
             cls_logits, outputs.num_anchors_per_level, self.topk_candidates
         )
         scores = torch.sigmoid(logits)  # (N, C)
@@ -127,7 +129,7 @@ class RetinaNetPostProcessor(nn.Module):
         labels = flat % num_classes
         deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))
         boxes = self.box_coder.decode(anchors[anchor_idx], deltas)  # (N, C, 4)
-        # Clip to the valid image, then scale to the original size (ratio = orig / input).
+        # Clip to the valid image (h, w) in input pixels.
         h, w = sizes[:, 0, None], sizes[:, 1, None]
         boxes = torch.stack(
             (
@@ -138,12 +140,34 @@ class RetinaNetPostProcessor(nn.Module):
             ),
             dim=-1,
         )
-        ratio = (orig / sizes).flip(1).repeat(1, 2)[:, None, :]  # (N, 1, 4) as (w, h, w, h)
-        boxes = torch.minimum(boxes * ratio, orig.flip(1).repeat(1, 2)[:, None, :])
+        return boxes, scores, labels
+
+    @torch.no_grad()
+    def forward(self, outputs: DenseOutputs, orig_sizes: Tensor | None = None) -> list[dict]:
+        """One dict per image: ``boxes`` (D, 4) xyxy in original-image pixels, ``scores`` (D,),
+        ``labels`` (D,) int64, best first.
+
+        ``orig_sizes`` (N, 2) are the ``(h, w)`` the images had before the data pipeline resized
+        them to ``outputs.image_sizes``; ``None`` keeps the model-input coordinates.
+        """
+        num_images = outputs.cls_logits.shape[0]
+        sizes = outputs.image_sizes.to(outputs.anchors.device, torch.float32)
+        orig = sizes if orig_sizes is None else torch.as_tensor(orig_sizes).to(sizes)
+        if orig.shape != sizes.shape:
+            raise ValueError(
+                f"RetinaNetPostProcessor: orig_sizes must be {tuple(sizes.shape)}, "
+                f"got {tuple(orig.shape)}"
+            )
+        boxes, scores, labels = self.candidates(outputs)
+        # NMS in the model's input pixels, where the network predicted (torchvision does the
+        # same): the resize may scale x and y a little differently, which changes IoUs.
+        ratio = (orig / sizes).flip(1).repeat(1, 2)  # (N, 4) as (w, h, w, h)
+        limit = orig.flip(1).repeat(1, 2)
         keep = scores > self.score_thresh
         detections = []
         for i in range(num_images):
             b, s, lab = boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]
             kept = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": b[kept], "scores": s[kept], "labels": lab[kept]})
+            scaled = torch.minimum(b[kept] * ratio[i], limit[i])
+            detections.append({"boxes": scaled, "scores": s[kept], "labels": lab[kept]})
         return detections

@@ -137,7 +137,8 @@ class RetinaNet(nn.Module):
             image_sizes = torch.tensor([list(img.shape[1:]) for img in images], device=device)
         d = self.size_divisibility
         pad_h, pad_w = -batch.shape[2] % d, -batch.shape[3] % d
-        if pad_h or pad_w:
+        # Exported graphs pad unconditionally: a branch on the size would fix the exported size.
+        if torch.compiler.is_exporting() or pad_h or pad_w:
             batch = F.pad(batch, (0, pad_w, 0, pad_h))
         return batch, image_sizes
 
@@ -163,7 +164,7 @@ class RetinaNet(nn.Module):
         features = self.fpn(self.backbone(batch))
         cls_logits, box_deltas = self.head(features)
         anchors, per_level = self.anchor_generator.anchors_and_counts(
-            [tuple(f.shape[-2:]) for f in features], batch.device
+            [tuple(f.shape[-2:]) for f in features], batch.device, tuple(batch.shape[-2:])
         )
         if anchors.shape[0] != cls_logits.shape[1]:
             raise RuntimeError(

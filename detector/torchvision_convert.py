@@ -23,6 +23,8 @@ from detector.retinanet import IMAGENET_MEAN, IMAGENET_STD
 TORCHVISION_NUM_CLASSES = 91
 TORCHVISION_NUM_ANCHORS = 9
 TORCHVISION_DEPTH = 50
+TORCHVISION_SIZE_DIVISIBLE = 32
+TORCHVISION_MIN_SIZE, TORCHVISION_MAX_SIZE = 800, 1333
 COCO_V1_BN_EPS = 0.0
 """torchvision's published COCO_V1 RetinaNet runs its FrozenBatchNorm with eps = 0
 (``overwrite_eps(model, 0.0)`` in ``retinanet_resnet50_fpn``)."""
@@ -83,11 +85,25 @@ def torchvision_model_config(
             "sizes": torchvision_anchor_sizes(),
             "strides": list(DEFAULT_STRIDES),
             "ratios": list(DEFAULT_RATIOS),
+            # torchvision derives each level's stride from the padded image: P6/P7 anchors of
+            # an image padded to 32 are not on a 64/128 grid.
+            "strides_from_image": True,
         },
         "pixel_mean": list(IMAGENET_MEAN),
         "pixel_std": list(IMAGENET_STD),
-        "size_divisibility": 128,
+        # torchvision pads to 32 (GeneralizedRCNNTransform's size_divisible); padding further
+        # changes the features near the bottom and right borders.
+        "size_divisibility": TORCHVISION_SIZE_DIVISIBLE,
     }
+
+
+def torchvision_val_transforms(
+    min_size: int = TORCHVISION_MIN_SIZE, max_size: int = TORCHVISION_MAX_SIZE
+) -> list[dict]:
+    """The evaluation resize of torchvision's detection models (``min_size``, ``max_size`` of
+    ``retinanet_resnet50_fpn``), as a transform list (data/transforms.py)."""
+    return [{"_target_": "data.transforms.TorchvisionResize", "min_size": min_size,
+             "max_size": max_size}]  # fmt: skip
 
 
 def torchvision_postprocess_config(
@@ -175,6 +191,8 @@ def convert_torchvision_state_dict(
         "model_config": torchvision_model_config(TORCHVISION_NUM_CLASSES, bn_eps),
         "postprocess_config": torchvision_postprocess_config(),
         "classes": coco_classes(),
+        # Where tools look for a checkpoint's evaluation resize (tools/infer.py, Predictor).
+        "config": {"data": {"val": {"transforms": torchvision_val_transforms()}}},
     }
     model, _, _ = build_from_checkpoint(ckpt)
     ckpt["model"] = model.state_dict()

@@ -1,34 +1,35 @@
 """focaldet's converted RetinaNet against a seeded torchvision ``retinanet_resnet50_fpn``."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from detector import build_from_checkpoint, convert_torchvision_state_dict
+from data.decode import read_image
+from data.transforms import build_transforms
+from detector import Predictor, build_from_checkpoint, convert_torchvision_state_dict
 from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.torchvision_convert import torchvision_val_transforms
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "convert_torchvision.py"
+SHARED = Path(os.environ.get("FOCALDET_SHARED", ROOT / ".." / "shared"))
+RACCOON = SHARED / "datasets" / "raccoon" / "images"
 HEIGHT, WIDTH = 256, 384  # multiples of 128: neither model pads differently
 SCORE_THRESH = 0.1
 
 
-@pytest.fixture(scope="module")
-def torchvision_model():
+def seeded_torchvision(**kwargs):
+    """A randomly initialised torchvision RetinaNet (no download) with varied weights."""
     torch.manual_seed(0)
     model = retinanet_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
-        min_size=HEIGHT,
-        max_size=WIDTH,
-        score_thresh=SCORE_THRESH,
-        detections_per_img=100,
+        weights=None, weights_backbone=None, num_classes=91, score_thresh=SCORE_THRESH, **kwargs
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -43,6 +44,11 @@ def torchvision_model():
         model.head.classification_head.cls_logits.weight.normal_(0, 0.3, generator=g)
         model.head.regression_head.bbox_reg.weight.normal_(0, 0.05, generator=g)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def torchvision_model():
+    return seeded_torchvision(min_size=HEIGHT, max_size=WIDTH, detections_per_img=100)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +161,73 @@ def test_command_line_usage_as_a_script():
     assert done.stderr == (
         "focaldet: config error: unknown key 'dst' (choose from src, out, bn_eps)\n"
     )
+
+
+def assert_same_detections(ours, theirs, tie=1e-5):
+    """Same boxes (0.01 px), scores (1e-4) and labels in the same order, except that detections
+    whose scores lie within ``tie`` of each other may come in either order (float rounding of
+    ~1e-6, e.g. another convolution algorithm, decides such ties; torchvision itself reorders
+    them from one CPU to another)."""
+    assert len(ours["scores"]) == len(theirs["scores"])
+    torch.testing.assert_close(ours["scores"], theirs["scores"], rtol=0, atol=1e-4)
+    scores = theirs["scores"]
+    groups = torch.cat([torch.zeros(1, dtype=torch.long), (scores[:-1] - scores[1:] > tie).long()])
+    groups = groups.cumsum(0)
+    for g in groups.unique().tolist():
+        idx = (groups == g).nonzero().flatten()
+
+        def canonical(det, idx=idx):
+            rows = torch.cat([det["labels"][idx, None].float(), det["boxes"][idx]], dim=1)
+            order = sorted(range(len(idx)), key=lambda i: rows[i].tolist())
+            return rows[order]
+
+        a, b = canonical(ours), canonical(theirs)
+        assert a[:, 0].tolist() == b[:, 0].tolist()
+        torch.testing.assert_close(a[:, 1:], b[:, 1:], rtol=0, atol=0.01)
+
+
+def _odd_size_photos():
+    """A generated image and a raccoon photo (417 x 650, where ``../shared`` has them; set
+    FOCALDET_SHARED elsewhere), no side a multiple of 32."""
+    rng = np.random.default_rng(3)
+    generated = rng.integers(0, 256, (389, 517, 3), dtype=np.uint8)
+    photos = [("generated 389x517", generated)]
+    raccoon = RACCOON / "raccoon-1.jpg"
+    if raccoon.is_file():
+        photos.append((raccoon.name, read_image(raccoon)))
+    return photos
+
+
+@pytest.mark.slow
+def test_converted_checkpoint_detects_what_torchvision_detects_at_800_1333(tmp_path):
+    """torchvision's own transform settings (min_size 800, max_size 1333) on odd-size photos,
+    through the Python predictor and tools/infer.py."""
+    tv = seeded_torchvision(detections_per_img=300)
+    ckpt = convert_torchvision_state_dict(tv.state_dict(), bn_eps=1e-5)
+    path = save_checkpoint(tmp_path / "tv.pt", ckpt)
+    predictor = Predictor.from_checkpoint(path, device="cpu", score_thresh=SCORE_THRESH)
+    predictor.postprocessor.detections_per_img = 300  # above the NMS survivors: no cut-off tie
+    for name, image in _odd_size_photos():
+        with torch.no_grad():
+            theirs = tv([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
+        det = predictor(image)
+        ours = {"boxes": det.boxes, "scores": det.scores, "labels": det.labels}
+        assert len(theirs["scores"]) > 100, name
+        assert_same_detections(ours, theirs)
+    if len(_odd_size_photos()) == 1:
+        pytest.skip(f"checked on the generated image only: no raccoon photos at {RACCOON}")
+
+
+def test_torchvision_resize_sizes_and_pixels():
+    """TorchvisionResize gives torchvision's output size (floor, not round) and pixels."""
+    tv = seeded_torchvision()
+    rng = np.random.default_rng(0)
+    for shape in [(417, 650), (389, 517), (1000, 333), (64, 2000)]:
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        resize = build_transforms(torchvision_val_transforms(), train=False)
+        empty = np.zeros((0, 4))
+        ours = resize(image=image, bboxes=empty, labels=np.zeros(0), iscrowd=np.zeros(0))["image"]
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        theirs, _ = tv.transform.resize(tensor, None)
+        assert ours.shape == (*theirs.shape[1:], 3) and ours.dtype == np.float32, shape
+        torch.testing.assert_close(torch.from_numpy(ours).permute(2, 0, 1), theirs)

@@ -172,3 +172,87 @@ def test_output_over_a_linked_photo_is_refused(tmp_path: Path) -> None:
     infer.check_output([links / "a.png"], tmp_path / "out")
     with pytest.raises(infer.ConfigError, match=r"is a file, not a folder"):
         infer.check_output([links / "a.png"], photos / "a.png")
+
+
+def _write_video(path: Path, frames: int, size: tuple[int, int], fps: float) -> list[np.ndarray]:
+    """A short MJPG video of moving rectangles and circles; returns its RGB frames as written."""
+    import cv2
+
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    written = []
+    for i in range(frames):
+        frame = np.full((height, width, 3), 40, np.uint8)
+        cv2.rectangle(frame, (5 + 4 * i, 10), (40 + 4 * i, 50), (0, 200, 255), -1)
+        cv2.circle(frame, (70, 30 + 2 * i), 12, (255, 80, 0), -1)
+        writer.write(frame)
+        written.append(frame[..., ::-1])
+    writer.release()
+    return written
+
+
+def test_video_writes_annotated_frames_and_json_lines(
+    make_checkpoint: Callable, tmp_path: Path
+) -> None:
+    import cv2
+
+    video = tmp_path / "clip.avi"
+    _write_video(video, frames=5, size=(96, 64), fps=12.0)
+    out = tmp_path / "out"
+    cfg = OmegaConf.create(
+        {"checkpoint": str(make_checkpoint(0.005)), "input": str(video), "output": str(out),
+         "score_thresh": 0.005, "device": "cpu", "transforms": None, "batch_size": 2}
+    )  # fmt: skip
+    frames = _infer_module().run(cfg)
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    assert lines == frames and [f["frame"] for f in lines] == [0, 1, 2, 3, 4]
+    assert all(1 <= len(f["detections"]) <= 100 for f in lines)
+    written = cv2.VideoCapture(str(out / "clip.avi"))
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    assert (written.get(cv2.CAP_PROP_FRAME_WIDTH), written.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
+        96, 64,
+    )  # fmt: skip
+    assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    # Each frame's detections are the predictor's on the decoded frame (batches of 2 = alone).
+    from detector import Predictor
+
+    predictor = Predictor.from_checkpoint(cfg.checkpoint, "cpu", 0.005)
+    source = cv2.VideoCapture(str(video))
+    for entry in lines:
+        ok, frame = source.read()
+        assert ok
+        expected = predictor(np.ascontiguousarray(frame[..., ::-1])).to_coco()
+        assert [d["category_id"] for d in entry["detections"]] == [
+            d["category_id"] for d in expected
+        ]
+        for got, want in zip(entry["detections"], expected, strict=True):
+            assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-3)
+
+
+def test_predictor_gives_the_detections_of_evaluate(
+    run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
+) -> None:
+    """tools/evaluate.py's predictions.json equals the Predictor on the same validation images."""
+    from detector import Predictor
+
+    checkpoint = make_checkpoint(0.005)
+    proc = run_tool(
+        "evaluate.py", f"checkpoint={checkpoint}", f"data.root={tiny_data}",
+        "data.generate.num_train=2", "data.generate.num_val=4", "workers=0", "device=cpu",
+        "data.val.transforms.0.short_sizes=[64]", "data.val.transforms.0.max_size=96",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads((tmp_path / "predictions.json").read_text())
+    coco = json.loads((tiny_data / "annotations" / "instances_val.json").read_text())
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", batch_size=1)
+    expected = []
+    for image in coco["images"]:
+        det = predictor(tiny_data / "val" / image["file_name"])
+        expected += det.to_coco(image_id=image["id"])
+    assert len(evaluated) == len(expected) > 0
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])  # noqa: E731
+    for got, want in zip(sorted(evaluated, key=key), sorted(expected, key=key), strict=True):
+        assert got["image_id"] == want["image_id"] and got["category_id"] == want["category_id"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+        assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-4)
