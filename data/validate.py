@@ -158,6 +158,10 @@ def _image_name(image: dict[str, Any]) -> str:
     return f"image {image.get('id')} ({image.get('file_name')})"
 
 
+ProblemSink = Callable[[str, str, str], None]
+"""``report(kind, where, message)``: records one structural problem."""
+
+
 def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
     """Structural problems of a loaded COCO instances dict; reads no image.
 
@@ -184,10 +188,16 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
     for key in ("images", "categories"):
         if not dataset[key]:
             structural(f"no_{key}", "file", f'"{key}" is empty (the dataset has no {key})')
+    image_ids = _check_images(dataset["images"], Path(img_dir).resolve(), structural)
+    category_ids = _check_categories(dataset["categories"], structural)
+    _check_annotations(dataset["annotations"], image_ids, category_ids, structural)
+    return problems
 
-    root = Path(img_dir).resolve()
+
+def _check_images(images: list[Any], root: Path, structural: ProblemSink) -> Counter[Any]:
+    """Fields, sizes and file names of ``images``; returns how often each id occurs."""
     image_ids: Counter[Any] = Counter()
-    for index, image in enumerate(dataset["images"]):
+    for index, image in enumerate(images):
         if not isinstance(image, dict):
             structural("not_coco", f"images[{index}]", "is not an object")
             continue
@@ -212,9 +222,13 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
         elif not (root / file_name).resolve().is_relative_to(root):
             structural("outside_img_dir", where, f"file name resolves outside {root}")
     _duplicates(image_ids, "image", structural)
+    return image_ids
 
+
+def _check_categories(categories: list[Any], structural: ProblemSink) -> Counter[Any]:
+    """Ids and names of ``categories``; returns how often each id occurs."""
     category_ids: Counter[Any] = Counter()
-    for index, category in enumerate(dataset["categories"]):
+    for index, category in enumerate(categories):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
             structural("not_coco", f"categories[{index}]", "needs an integer id")
             continue
@@ -222,9 +236,18 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
             structural("not_coco", f"category {category['id']}", "needs a string name")
         category_ids[category["id"]] += 1
     _duplicates(category_ids, "category", structural)
+    return category_ids
 
+
+def _check_annotations(
+    annotations: list[Any],
+    image_ids: Counter[Any],
+    category_ids: Counter[Any],
+    structural: ProblemSink,
+) -> None:
+    """Fields, references and box shapes of ``annotations``, and duplicate ids."""
     annotation_ids: Counter[Any] = Counter()
-    for index, ann in enumerate(dataset["annotations"]):
+    for index, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             structural("not_coco", f"annotations[{index}]", "is not an object")
             continue
@@ -244,10 +267,9 @@ def check_structure(dataset: Any, img_dir: str | Path) -> list[Problem]:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             structural("bad_bbox", where, f"bbox {bbox!r} is not 4 finite numbers [x, y, w, h]")
     _duplicates(annotation_ids, "annotation", structural)
-    return problems
 
 
-def _duplicates(counts: Counter[Any], noun: str, report: Callable[[str, str, str], None]) -> None:
+def _duplicates(counts: Counter[Any], noun: str, report: ProblemSink) -> None:
     """Report each id of ``counts`` seen more than once, as ``duplicate_<noun>_id``."""
     for id_, count in counts.items():
         if count > 1:

@@ -333,22 +333,12 @@ def run(
     (:func:`detector.engine.compile.compile_network`: the modules with parameters, inductor), and
     records each implementation's first call (compiling included) as ``first_call_s``.
     """
+    config = dict(locals())  # the arguments, as given: recorded with the figures
     counts = {"batch": batch, "num_classes": num_classes, "threads": threads, "iters": iters}
     _check_args(depth, size, counts, warmup)
     dev = check_device(device)
     torch.set_num_threads(threads)
-    config = {
-        "depth": depth,
-        "size": size,
-        "batch": batch,
-        "num_classes": num_classes,
-        "threads": threads,
-        "device": device,
-        "amp": amp,
-        "compile": compile,
-        "iters": iters,
-        "warmup": warmup,
-    }
+    config.pop("memory")
     tv, ours, criterion, post = build_pair(depth, size, num_classes)
     tv.to(dev)
     ours.to(dev)
