@@ -13,30 +13,13 @@ from __future__ import annotations
 
 import sys
 
-import hydra.utils
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from data.build import build_dataset, prepare_data
 from data.validate import DatasetError
-from detector.anchors import AnchorGenerator
 from detector.engine.cli import run_tool
-from detector.engine.config import (
-    ConfigError,
-    register_resolvers,
-    validate_data,
-    validate_loss,
-    validate_model,
-)
-from detector.labeling import AnchorLabeler
-from detector.matcher import Matcher
-from detector.paper.imbalance import format_report, measure, paper_counts
-
-
-def run_matcher(cfg: DictConfig) -> Matcher:
-    """The training run's matcher: ``criterion.labeler.matcher``, else ``criterion.matcher``."""
-    labeler = cfg.criterion.get("labeler")
-    node = labeler.matcher if labeler is not None else cfg.criterion.matcher
-    return hydra.utils.instantiate(node)
+from detector.engine.config import ConfigError, register_resolvers, validate_loss
+from detector.paper.imbalance import format_report
+from detector.paper.meter import config_counts, paper_mean_image
 
 
 def report(cfg: DictConfig) -> str:
@@ -45,26 +28,10 @@ def report(cfg: DictConfig) -> str:
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
     validate_loss(cfg)
-    validate_model(cfg)
-    validate_data(cfg, splits=("train",))
-    prepare_data(cfg)
-    dataset = build_dataset(cfg, "train", seed=cfg.train.seed)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    generator = hydra.utils.instantiate(model["anchor_generator"])
-    divisibility = int(model.get("size_divisibility", 1))
-
-    def samples():
-        for index in range(min(cfg.images, len(dataset))):
-            image, target = dataset[index]
-            yield tuple(image.shape[-2:]), target
-
-    labeler = AnchorLabeler(run_matcher(cfg))
-    counts = measure(samples(), labeler, generator, divisibility, dataset.num_classes)
-    # The paper's setting: its anchors (R50: 32–512 px, 3 scales × 3 ratios) and matcher.
-    paper = paper_counts(AnchorLabeler(Matcher()), AnchorGenerator(), images=cfg.paper_images)
+    counts, num_classes = config_counts(cfg, cfg.images)
     alpha = cfg.loss.get("alpha")
-    title = f"{cfg.data.train.ann_file}: {dataset.num_classes} classes, first {len(counts)} images"
-    return title + "\n" + format_report(counts, paper, alpha)
+    title = f"{cfg.data.train.ann_file}: {num_classes} classes, first {len(counts)} images"
+    return title + "\n" + format_report(counts, paper_mean_image(cfg.paper_images), alpha)
 
 
 def run(cfg: DictConfig) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detector.paper.imbalance import PRIOR, ce_loss_ratio
+from detector.paper.meter import RunReadings, paper_mean_image
 from detector.paper.runs import ReportError, Run, find_runs
 
 PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0.99: 28.7,
@@ -173,18 +175,26 @@ def build_rows(spec: TableSpec, runs: Sequence[Run]) -> list[Row]:
     return sorted(rows.values(), key=lambda row: spec.order(row.params))
 
 
-def markdown_table(spec: TableSpec, rows: Sequence[Row]) -> str:
-    """The table in the paper's layout, our AP ± std over seeds, the paper's AP beside it."""
+def markdown_table(
+    spec: TableSpec, rows: Sequence[Row], imbalance: Sequence[float | None] | None = None
+) -> str:
+    """The table in the paper's layout, our AP ± std over seeds, the paper's AP beside it, and
+    each row's imbalance meter reading where given."""
     header = [name for name, _ in spec.columns] + ["AP", "AP50", "AP75"]
     if spec.paper_ap is not None:
         header.append("paper AP")
+    if imbalance is not None:
+        header.append("neg:pos")
     header.append("runs")
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    for row in rows:
+    for index, row in enumerate(rows):
         cells = list(row.cells) + [mean_std(row.values(m)) for m in ("AP", "AP50", "AP75")]
         if spec.paper_ap is not None:
             paper = spec.paper_ap(row.params)
             cells.append("—" if paper is None else f"{paper:.1f}")
+        if imbalance is not None:
+            ratio = imbalance[index]
+            cells.append("—" if ratio is None else f"{ratio:,.1f}")
         cells.append(_runs_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -247,13 +257,35 @@ def _slug(dataset: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name) or "dataset"
 
 
-def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
+def imbalance_note(readings: RunReadings) -> str:
+    """What the ``neg:pos`` column is, with the paper's setting for scale."""
+    paper = paper_mean_image()
+    note = (
+        "neg:pos: the imbalance meter's reading of the row's data (its first run's config, first "
+        f"{readings.images} training images): the negatives' CE loss over the positives' at the "
+        f"prior π = {PRIOR}, with the row's α applied (×(1 − α)/α; `python tools/imbalance.py`). "
+        f"The paper's setting reads {ce_loss_ratio(paper):,.1f} without α, "
+        f"{ce_loss_ratio(paper, 0.25):,.1f} at α = .25."
+    )
+    if readings.failure is not None:
+        note += f" Not measured (—): {readings.failure}"
+    return note
+
+
+def unmeasured_note(readings: RunReadings) -> str:
+    reason = readings.failure or "turned off (meter_images=0)"
+    return f"Imbalance meter: not measured: {reason}"
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path, meter_images: int = 40) -> Path:
     """Write ``report.md`` (every table with runs), the AP plots and TensorBoard HParams.
 
-    Returns the path of ``report.md``.
+    Each table gets the imbalance meter's reading of its rows' data (``meter_images`` training
+    images of each distinct setting; 0: none). Returns the path of ``report.md``.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs = find_runs(runs_dir)
+    readings = RunReadings(meter_images)
     if not runs:
         raise ReportError(f"{runs_dir}: no run folders (config.yaml with experiment.name) found")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +313,11 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> Path:
             if not rows:
                 continue
             title = ", ".join([spec.title, *where])
-            parts += ["", f"## {title}", "", markdown_table(spec, rows)]
+            ratios = [readings.ratio(row.runs[0].path, row.params["alpha"]) for row in rows]
+            measured = any(r is not None for r in ratios)
+            table = markdown_table(spec, rows, ratios if measured else None)
+            parts += ["", f"## {title}", "", table]
+            parts += ["", imbalance_note(readings) if measured else unmeasured_note(readings)]
             if spec.notes:
                 parts += ["", spec.notes]
             if spec.plot is not None:

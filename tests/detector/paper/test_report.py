@@ -220,3 +220,49 @@ def test_runs_that_the_table_cannot_tell_apart_are_refused(tmp_path: Path) -> No
     )
     with pytest.raises(ReportError, match=message):
         write_report(root, tmp_path / "out")
+
+
+def test_each_row_gets_the_imbalance_meter_reading_of_its_data(tmp_path: Path) -> None:
+    """A run folder as tools/train.py writes it on generated data: the report's neg:pos column is
+    the meter's ratio of that data (measured independently here), with each row's α applied."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from data.synthetic import ensure_synthetic
+    from detector.engine.config import register_resolvers
+    from detector.paper.imbalance import ce_loss_ratio, sum_counts
+    from detector.paper.meter import config_counts
+
+    data = tmp_path / "synthetic"
+    ensure_synthetic(data, seed=0, num_train=4, num_val=2, absent_classes=3)
+    register_resolvers()
+    runs = tmp_path / "runs"
+    for alpha, folder in ((0.25, "a"), (0.75, "b")):
+        overrides = [f"data.root={data}", "data.generate.num_train=4", "data.generate.num_val=2",
+                     "data.generate.absent_classes=3", "+experiment=table1a", "loss=ce",
+                     f"loss.alpha={alpha}", "train.seed=0"]  # fmt: skip
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        OmegaConf.update(cfg, "model.head.num_classes", 8, merge=False)
+        (runs / folder).mkdir(parents=True)
+        OmegaConf.save(cfg, runs / folder / "config.yaml", resolve=True)
+        (runs / folder / "metrics.json").write_text(json.dumps(ap(50.0, 70.0, 40.0)))
+    counts, num_classes = config_counts(cfg, 4)
+    assert num_classes == 8  # 5 real + 3 absent
+    ratio = ce_loss_ratio(sum_counts(counts))  # the mean image's ratio is the total's
+    report = write_report(runs, tmp_path / "out", meter_images=4).read_text()
+    table = section(report, "Table 1a: α-balanced CE (γ = 0) over α")
+    assert table[0] == "| α | γ | AP | AP50 | AP75 | paper AP | neg:pos | runs |"
+    assert table[2].split(" | ")[6] == f"{ratio * 3:,.1f}"  # α = .25: × 3
+    assert table[3].split(" | ")[6] == f"{ratio / 3:,.1f}"  # α = .75: × 1/3
+    assert "The paper's setting reads 271.2 without α, 813.7 at α = .25." in report
+    off = write_report(runs, tmp_path / "off", meter_images=0).read_text()
+    assert "neg:pos" not in off and "Imbalance meter: not measured: turned off" in off
+
+
+def test_runs_whose_data_cannot_be_rebuilt_say_why(runs: Path, tmp_path: Path) -> None:
+    report = write_report(runs, tmp_path / "out").read_text()
+    assert "neg:pos" not in report
+    # The first row of the first table is α = .1 (run 1a/5); its config has no data node.
+    line = f"Imbalance meter: not measured: {runs / '1a/5/config.yaml'}: Missing key data"
+    assert line in report.splitlines()
