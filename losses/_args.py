@@ -1,5 +1,7 @@
 """Argument checks shared by the loss functions: each raises ``ValueError`` saying what is wrong."""
 
+import math
+
 import torch
 
 from detector.labeling import BACKGROUND, IGNORE
@@ -20,11 +22,14 @@ def check_alpha(alpha: float | None) -> None:
 
 
 def check_gamma(gamma: float, *, strictly_positive: bool = False) -> None:
-    """Reject γ < 0 (or γ <= 0 where the loss divides by γ)."""
+    """Reject γ < 0 (or γ <= 0 where the loss divides by γ) and an infinite γ (every term's
+    modulating factor would be 0 or NaN: the loss would train nothing)."""
     if strictly_positive and not gamma > 0.0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     if not gamma >= 0.0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if math.isinf(gamma):
+        raise ValueError(f"gamma must be finite, got {gamma}")
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str]) -> None:

@@ -114,6 +114,7 @@ def test_raccoon_layout(compose_train: Compose, tmp_path: Path) -> None:
 BAD = [
     # The loss's constructor checks gamma and alpha; the config layer names the key.
     (["loss.gamma=-1"], "loss.gamma must be >= 0, got -1"),
+    (["loss.gamma=inf"], "loss.gamma must be finite, got inf"),
     (["loss=ce", "loss.alpha=1.5"], "loss.alpha must be in [0, 1] or None, got 1.5"),
     (["loss.alpha=-0.1"], "loss.alpha must be in [0, 1] or None, got -0.1"),
     (["loss=dice"], f"unknown loss 'dice' (choose from {', '.join(_options('loss'))})"),

@@ -211,6 +211,8 @@ def test_autocast_computes_in_float32():
     ("kwargs", "message"),
     [
         ({"gamma": -1.0}, "gamma must be >= 0"),
+        ({"gamma": float("inf")}, "gamma must be finite, got inf"),
+        ({"gamma": float("nan")}, "gamma must be >= 0, got nan"),
         ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
         ({"alpha": -0.25}, r"alpha must be in \[0, 1\]"),
         ({"reduction": "avg"}, "unknown reduction 'avg'"),
