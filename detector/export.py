@@ -1,4 +1,4 @@
-"""Export a checkpoint to ONNX: one graph from pixels to detections.
+"""Export a checkpoint to ONNX or TorchScript: one graph from pixels to detections.
 
 The exported model takes
 
@@ -14,13 +14,21 @@ within an image: ``boxes`` (M, 4) float32 xyxy, ``scores`` (M,), ``labels`` (M,)
 its results the same way, and a flat list needs no padding to a fixed count). Normalisation,
 padding to the model's size divisibility, anchors, decoding and class-aware NMS are in the
 graph; resizing is not (a JSON sidecar names the checkpoint's resize, the classes and the
-inputs). ``onnx``/``onnxscript`` are needed only to export (``pip install -e .[export]``) and
-``onnxruntime`` only to run an ONNX file (:class:`OnnxPredictor`).
+inputs). ``onnx``/``onnxscript`` are needed only to export to ONNX (``pip install -e .[export]``)
+and ``onnxruntime`` only to run an ONNX file (:class:`OnnxPredictor`).
+
+TorchScript (``format="torchscript"``) is ``torch.jit.trace`` of the same module, with no extra
+package; a TorchScript file runs on the CPU with PyTorch and torchvision (its NMS) alone
+(:class:`TorchScriptPredictor`). A trace records the operations of one example, but the sizes it
+reads from tensors (``x.shape``) stay traced values, so every size the graph computes with
+(padding, anchors per level, top-k counts, detections) follows the input; the helpers below keep
+it so where a Python ``int`` or ``min`` would freeze the example's value.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +42,15 @@ from detector.postprocess import RetinaNetPostProcessor
 from detector.predictor import Detections, Predictor
 from detector.retinanet import DenseOutputs, RetinaNet
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
+"""Default file suffix of each format (not ``.pt``: that is the checkpoint's)."""
 INPUT_NAMES = ("images", "image_sizes", "orig_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index")
 DEFAULT_OPSET = 18
+JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+"""PyTorch's FutureWarning on every ``torch.jit`` trace, save and load: the format stays for
+runtimes that read TorchScript (libtorch), and the warning would only repeat itself."""
 MAX_SIDE = 4096
 """Largest H and W the ONNX graph is exported for (torch.export needs a bound)."""
 
@@ -52,11 +65,20 @@ def level_topk(
     start = 0
     for count in num_anchors_per_level:
         level = cls_logits[:, start : start + count].reshape(num_images, -1)
-        top, idx = level.topk(torch.sym_min(k, level.shape[1]), dim=1)
+        top, idx = level.topk(size_min(k, level.shape[1]), dim=1)
         values.append(top)
         indices.append(idx + start * num_classes)
         start = start + count
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+def size_min(k: int, size: int | Tensor) -> int | Tensor:
+    """``min(k, size)`` of a tensor's ``size`` that stays symbolic: under ``torch.jit.trace``
+    the size is a 0-dim tensor (Python's ``min`` would freeze the comparison), under
+    torch.export a SymInt."""
+    if torch.jit.is_tracing():
+        return torch.clamp(size, max=k)
+    return torch.sym_min(k, size)
 
 
 def module_path_features(backbone: nn.Module, x: Tensor) -> list[Tensor]:
@@ -93,8 +115,9 @@ class ExportableDetector(nn.Module):
         generator = model.anchor_generator
         strides = generator.level_strides(shapes, batch.shape[-2:])
         levels = generator.grid_anchors(shapes, batch.device, strides)
+        # shape[0], not len(): a trace records the one and freezes the other.
         outputs = DenseOutputs(
-            cls_logits, box_deltas, torch.cat(levels), [len(a) for a in levels], sizes
+            cls_logits, box_deltas, torch.cat(levels), [a.shape[0] for a in levels], sizes
         )
         boxes, scores, labels = post.candidates(outputs, level_topk)
         num_images, num_candidates = scores.shape
@@ -155,7 +178,8 @@ def sidecar(predictor: Predictor, export_format: str) -> dict[str, Any]:
 
 def export(predictor: Predictor, out: str | Path, export_format: str = "onnx",
            opset: int = DEFAULT_OPSET) -> Path:  # fmt: skip
-    """Write ``out`` (the graph, on CPU, float32) and ``out`` + ``.json`` (the sidecar)."""
+    """Write ``out`` (the graph, on CPU, float32) and ``out`` + ``.json`` (the sidecar);
+    ``opset`` is ONNX's."""
     if export_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
     module = ExportableDetector(predictor.model.cpu().float(), predictor.postprocessor).eval()
@@ -163,7 +187,10 @@ def export(predictor: Predictor, out: str | Path, export_format: str = "onnx",
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     inputs = example_inputs()
-    _export_onnx(module, inputs, out, opset)
+    if export_format == "onnx":
+        _export_onnx(module, inputs, out, opset)
+    else:
+        _export_torchscript(module, inputs, out)
     Path(f"{out}.json").write_text(json.dumps(sidecar(predictor, export_format), indent=1))
     return out
 
@@ -179,6 +206,16 @@ def _export_onnx(module: nn.Module, inputs: tuple[Tensor, ...], out: Path, opset
             input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False,
         )  # fmt: skip
     program.save(str(out))
+
+
+def _export_torchscript(module: nn.Module, inputs: tuple[Tensor, ...], out: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        # RetinaNet.preprocess checks the inputs' rank and channels with Python comparisons:
+        # the trace keeps them as constants, which is what they are (N, H and W stay traced).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=JIT_DEPRECATED)
+        traced = torch.jit.trace(module, inputs, check_trace=False)
+        traced.save(str(out))
 
 
 def pad_batch(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -207,30 +244,61 @@ def split_detections(outputs: Sequence[np.ndarray | Tensor], num_images: int,
     return results
 
 
-class OnnxPredictor(Predictor):
+class ExportedPredictor(Predictor):
+    """A :class:`Predictor` of an exported file: its sidecar's classes and resize, on the CPU;
+    subclasses run the file on a padded batch (:meth:`_run`)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 8) -> None:
+        from data.transforms import build_transforms
+
+        meta = json.loads(Path(f"{path}.json").read_text())
+        self.device = torch.device("cpu")
+        self.classes = list(meta["classes"])
+        self.transform_nodes = list(meta["transforms"])
+        self.transforms = build_transforms(self.transform_nodes, train=False)
+        self.amp = None
+        self.batch_size = int(batch_size)
+
+    def _run(self, images: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Sequence[Any]:
+        """The exported model's four outputs (module docstring) for one batch."""
+        raise NotImplementedError
+
+    def _detect(self, batch: Tensor, orig_sizes: Tensor) -> list[Detections]:
+        sizes = torch.tensor([batch.shape[-2:]] * len(batch), dtype=torch.int64)
+        outputs = self._run(batch, sizes, orig_sizes.to(torch.int64))
+        return split_detections(outputs, len(batch), self.classes)
+
+
+class OnnxPredictor(ExportedPredictor):
     """A :class:`Predictor` that runs an exported ONNX file with ONNX Runtime (CPU)."""
 
     def __init__(self, path: str | Path, batch_size: int = 8, threads: int = 0) -> None:
         import onnxruntime
 
-        meta = json.loads(Path(f"{path}.json").read_text())
+        super().__init__(path, batch_size)
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
-        self.device = torch.device("cpu")
-        self.classes = list(meta["classes"])
-        self.transform_nodes = list(meta["transforms"])
-        from data.transforms import build_transforms
 
-        self.transforms = build_transforms(self.transform_nodes, train=False)
-        self.amp = None
-        self.batch_size = int(batch_size)
+    def _run(self, images: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Sequence[Any]:
+        feeds = {"images": images.numpy(), "image_sizes": image_sizes.numpy(),
+                 "orig_sizes": orig_sizes.numpy()}  # fmt: skip
+        return self.session.run(None, feeds)
 
-    def _detect(self, batch: Tensor, orig_sizes: Tensor) -> list[Detections]:
-        sizes = torch.tensor([batch.shape[-2:]] * len(batch), dtype=torch.int64)
-        feeds = {"images": batch.numpy(), "image_sizes": sizes.numpy(),
-                 "orig_sizes": orig_sizes.to(torch.int64).numpy()}  # fmt: skip
-        return split_detections(self.session.run(None, feeds), len(batch), self.classes)
+
+class TorchScriptPredictor(ExportedPredictor):
+    """A :class:`Predictor` that runs an exported TorchScript file with PyTorch (CPU; the
+    thread count is PyTorch's, ``torch.set_num_threads``)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 8) -> None:
+        super().__init__(path, batch_size)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=JIT_DEPRECATED)
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.inference_mode()
+    def _run(self, images: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Sequence[Any]:
+        return self.module(images, image_sizes, orig_sizes)

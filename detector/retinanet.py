@@ -138,7 +138,7 @@ class RetinaNet(nn.Module):
         d = self.size_divisibility
         pad_h, pad_w = -batch.shape[2] % d, -batch.shape[3] % d
         # Exported graphs pad unconditionally: a branch on the size would fix the exported size.
-        if torch.compiler.is_exporting() or pad_h or pad_w:
+        if torch.compiler.is_exporting() or torch.jit.is_tracing() or pad_h or pad_w:
             batch = F.pad(batch, (0, pad_w, 0, pad_h))
         return batch, image_sizes
 

@@ -1,13 +1,14 @@
-"""Export a checkpoint to ONNX: one graph from resized pixels to detections.
+"""Export a checkpoint to ONNX or TorchScript: one graph from resized pixels to detections.
 
-    python tools/export.py checkpoint=CKPT [format=onnx] [out=MODEL.onnx] [opset=18]
+    python tools/export.py checkpoint=CKPT [format=onnx|torchscript] [out=MODEL.onnx] [opset=18]
         [score_thresh=null]
 
-Writes ``out`` (default: the checkpoint's path with ``.onnx``) and ``out.json``, the sidecar with
-the class list, the resize to apply before the model and the inputs and outputs (see
-detector/export.py). Needs the ``export`` extra (``pip install -e .[export]``: onnx,
-onnxscript, onnxruntime). Run it with ``python tools/infer.py backend=onnx checkpoint=MODEL.onnx
-input=... output=...``.
+Writes ``out`` (default: the checkpoint's path with ``.onnx``, or ``.torchscript``) and
+``out.json``, the sidecar with the format, the class list, the resize to apply before the model
+and the inputs and outputs (see detector/export.py). ONNX needs the ``export`` extra
+(``pip install -e .[export]``: onnx, onnxscript, onnxruntime); TorchScript needs nothing more.
+Run the file with ``python tools/infer.py backend=onnx|torchscript checkpoint=MODEL input=...
+output=...``.
 """
 
 import sys
@@ -35,14 +36,14 @@ class Args:
 
 def run(cfg: DictConfig) -> int:
     args = typed_config(Args, cfg, "export")
-    from detector.export import FORMATS, export
+    from detector.export import FORMATS, SUFFIXES, export
 
     if args.format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {args.format!r}")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint: {checkpoint}: no such file")
-    out = Path(args.out) if args.out else checkpoint.with_suffix(".onnx")
+    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIXES[args.format])
     try:
         predictor = Predictor.from_checkpoint(checkpoint, "cpu", args.score_thresh)
     except CheckpointError as e:

@@ -1,5 +1,5 @@
 """Detect objects in images or a video: ``python tools/infer.py checkpoint=PATH
-input=IMAGE_OR_DIR_OR_VIDEO output=DIR [score_thresh=0.3] [backend=torch|onnx]``.
+input=IMAGE_OR_DIR_OR_VIDEO output=DIR [score_thresh=0.3] [backend=torch|onnx|torchscript]``.
 
 Images: writes each image with its boxes, class names and scores drawn (same file name, under
 ``output``, which must not be the folder of the images), and ``output/predictions.json``: one
@@ -10,8 +10,9 @@ Video (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``): writes the annotated 
 ``output`` (same name, fps and size) and ``<name>.jsonl``, one line per frame
 (``{"frame": i, "detections": [...]}``), with a progress bar; frames are run in batches.
 ``score_thresh`` replaces the checkpoint's post-processing threshold (0.05 in training), so a
-lower one keeps more boxes. ``backend=onnx`` runs a file written by tools/export.py (its
-``.json`` sidecar beside it) with ONNX Runtime; its threshold is the one it was exported with.
+lower one keeps more boxes. ``backend=onnx`` (ONNX Runtime) and ``backend=torchscript``
+(PyTorch) run a file written by tools/export.py (its ``.json`` sidecar beside it) on the CPU;
+its threshold is the one it was exported with.
 """
 
 from __future__ import annotations
@@ -65,14 +66,19 @@ def check_output(images: list[Path], output: Path) -> None:
 
 
 def build_predictor(cfg: DictConfig) -> Predictor:
-    """The checkpoint's predictor (``backend=torch``) or an exported ONNX file's."""
+    """The checkpoint's predictor (``backend=torch``) or an exported ONNX or TorchScript
+    file's."""
     backend, batch_size = cfg.get("backend", "torch"), cfg.get("batch_size", 8)
     if backend == "onnx":
         from detector.export import OnnxPredictor
 
         return OnnxPredictor(cfg.checkpoint, batch_size=batch_size)
+    if backend == "torchscript":
+        from detector.export import TorchScriptPredictor
+
+        return TorchScriptPredictor(cfg.checkpoint, batch_size=batch_size)
     if backend != "torch":
-        raise ConfigError(f"backend must be torch or onnx, got {backend!r}")
+        raise ConfigError(f"backend must be torch, onnx or torchscript, got {backend!r}")
     try:
         predictor = Predictor.from_checkpoint(
             cfg.checkpoint, cfg.device, cfg.score_thresh, batch_size=batch_size

@@ -1,5 +1,6 @@
-"""ONNX export (tools/export.py, detector/export.py): ONNX Runtime's detections equal the eager
-model's on images of several sizes, alone and padded together, one of them without detections."""
+"""ONNX and TorchScript export (tools/export.py, detector/export.py): ONNX Runtime's and the
+TorchScript file's detections equal the eager model's on images of several sizes, alone and
+padded together, one of them without detections."""
 
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ import torch
 from detector import Predictor
 from detector.checkpoint import save_checkpoint
 from detector.engine.state import inference_checkpoint
-from detector.export import pad_batch, split_detections
-
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+from detector.export import TorchScriptPredictor, pad_batch, split_detections
 
 ROOT = Path(__file__).resolve().parents[2]
 RESIZE = [{"_target_": "data.transforms.ResizeShortestEdge", "short_sizes": [160], "max_size": 256}]
@@ -49,7 +46,7 @@ def _images() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, Path]:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from detector.safe_config import MODEL_TARGETS, build_config
 
     torch.manual_seed(0)
@@ -66,8 +63,23 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, Path]
     ckpt["config"] = {"data": {"val": {"transforms": RESIZE}}}
     folder = tmp_path_factory.mktemp("export")
     save_checkpoint(folder / "model.pt", ckpt)
-    assert _tool().main([f"checkpoint={folder / 'model.pt'}"]) == 0
-    return Predictor.from_checkpoint(folder / "model.pt", device="cpu"), folder / "model.onnx"
+    return folder / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint: Path) -> tuple[Predictor, Path]:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    assert _tool().main([f"checkpoint={checkpoint}"]) == 0
+    return Predictor.from_checkpoint(checkpoint, device="cpu"), checkpoint.with_suffix(".onnx")
+
+
+@pytest.fixture(scope="module")
+def scripted(checkpoint: Path) -> tuple[Predictor, Path]:
+    assert _tool().main([f"checkpoint={checkpoint}", "format=torchscript"]) == 0
+    path = checkpoint.with_suffix(".torchscript")
+    return Predictor.from_checkpoint(checkpoint, device="cpu"), path
 
 
 def assert_same(ours, theirs) -> None:
@@ -78,40 +90,66 @@ def assert_same(ours, theirs) -> None:
     assert ours.category_ids == theirs.category_ids
 
 
-@pytest.mark.slow
-def test_onnx_runtime_detects_what_the_eager_model_detects(exported) -> None:
-    predictor, path = exported
-    sidecar = json.loads(Path(f"{path}.json").read_text())
-    assert sidecar["classes"] == CLASSES and sidecar["transforms"] == RESIZE
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def assert_runs_like_eager(predictor: Predictor, run) -> None:
+    """``run(images, image_sizes, orig_sizes)`` (the exported model's four outputs) against the
+    eager model: each image alone (batch 1), then all three padded into one batch of 3."""
     resized = [predictor.resize(image) for image in _images()]
     orig = torch.tensor([image.shape[:2] for image in _images()])
-    # Batch 1, each size alone; then all three padded into one batch of 3.
     batches = [[i] for i in range(len(resized))] + [list(range(len(resized)))]
     counts = []
     for indices in batches:
         batch, sizes = pad_batch([resized[i] for i in indices])
-        feeds = {"images": batch.numpy(), "image_sizes": sizes.numpy(),
-                 "orig_sizes": orig[indices].numpy()}  # fmt: skip
-        theirs = split_detections(session.run(None, feeds), len(indices), CLASSES)
+        theirs = split_detections(run(batch, sizes, orig[indices]), len(indices), CLASSES)
         with torch.inference_mode():
             outputs = predictor.model(batch, sizes)
             eager = [predictor._wrap(d) for d in predictor.postprocessor(outputs, orig[indices])]
-        for ours, onnx in zip(eager, theirs, strict=True):
-            assert_same(onnx, ours)
+        for ours, exported in zip(eager, theirs, strict=True):
+            assert_same(exported, ours)
         counts.append([len(d) for d in eager])
     assert counts[0][0] > 0 and counts[1][0] > 0 and counts[2] == [0]
     assert counts[3][2] == 0 and counts[3][0] > 0
 
 
 @pytest.mark.slow
-def test_infer_backend_onnx(exported, tmp_path: Path) -> None:
-    from detector.export import OnnxPredictor
+def test_onnx_runtime_detects_what_the_eager_model_detects(exported) -> None:
+    import onnxruntime as ort
 
     predictor, path = exported
-    onnx = OnnxPredictor(path)
+    sidecar = json.loads(Path(f"{path}.json").read_text())
+    assert sidecar["format"] == "onnx"
+    assert sidecar["classes"] == CLASSES and sidecar["transforms"] == RESIZE
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(images, image_sizes, orig_sizes):
+        feeds = {"images": images.numpy(), "image_sizes": image_sizes.numpy(),
+                 "orig_sizes": orig_sizes.numpy()}  # fmt: skip
+        return session.run(None, feeds)
+
+    assert_runs_like_eager(predictor, run)
+
+
+def test_torchscript_detects_what_the_eager_model_detects(scripted) -> None:
+    """The trace was recorded on a batch of 2 at 300 × 420: other batch sizes and image sizes
+    (a smaller top pyramid level, fewer candidates than top-k) must not be frozen into it."""
+    predictor, path = scripted
+    sidecar = json.loads(Path(f"{path}.json").read_text())
+    assert sidecar["format"] == "torchscript"
+    assert sidecar["classes"] == CLASSES and sidecar["transforms"] == RESIZE
+    module = TorchScriptPredictor(path).module
+    assert isinstance(module, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        assert_runs_like_eager(predictor, module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_infer_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from detector.export import OnnxPredictor
+
+    predictor, path = request.getfixturevalue("exported" if backend == "onnx" else "scripted")
+    loaded = (OnnxPredictor if backend == "onnx" else TorchScriptPredictor)(path)
     images = _images()
-    for ours, theirs in zip(predictor(images), onnx(images), strict=True):
+    for ours, theirs in zip(predictor(images), loaded(images), strict=True):
         assert_same(theirs, ours)
     infer_spec = importlib.util.spec_from_file_location("infer", ROOT / "tools" / "infer.py")
     infer = importlib.util.module_from_spec(infer_spec)
@@ -123,7 +161,7 @@ def test_infer_backend_onnx(exported, tmp_path: Path) -> None:
     Image.fromarray(images[0]).save(tmp_path / "in" / "a.png")
     cfg = OmegaConf.create({"checkpoint": str(path), "input": str(tmp_path / "in"),
                             "output": str(tmp_path / "out"), "score_thresh": 0.3,
-                            "device": "cpu", "backend": "onnx", "batch_size": 2,
+                            "device": "cpu", "backend": backend, "batch_size": 2,
                             "transforms": None})  # fmt: skip
     predictions = infer.run(cfg)
     expected = predictor(images[0]).to_coco()
@@ -143,4 +181,5 @@ def test_export_tool_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
     )
     (tmp_path / "m.pt").write_bytes(b"")
     assert tool.main([f"checkpoint={tmp_path / 'm.pt'}", "format=tflite"]) == 2
-    assert "format must be one of onnx, got 'tflite'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "focaldet: config error: format must be one of onnx, torchscript, got 'tflite'\n"
