@@ -2,8 +2,9 @@
 
 The exported model takes
 
-- ``images`` (N, 3, H, W) uint8 (or float in [0, 1]): the resized images, zero-padded to a
-  common H × W (any H, W; N ≥ 1, all dynamic),
+- ``images`` (N, 3, H, W) uint8, or float32 in [0, 1] where the checkpoint's resize gives float
+  (``TorchvisionResize``; the graph is typed by it and the sidecar names it): the resized
+  images, zero-padded to a common H × W (any H, W; N ≥ 1, all dynamic),
 - ``image_sizes`` (N, 2) int64: each image's valid ``(h, w)`` inside the padded batch,
 - ``orig_sizes`` (N, 2) int64: each image's ``(h, w)`` before the resize (boxes come back in
   those pixels; pass ``image_sizes`` again to keep the resized pixels),
@@ -27,6 +28,7 @@ it so where a Python ``int`` or ``min`` would freeze the example's value.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -147,23 +149,37 @@ class ExportableDetector(nn.Module):
         return torch.minimum(b * ratio[img], limit[img]), s, lab, img
 
 
-def example_inputs(num_images: int = 2, height: int = 300, width: int = 420) -> tuple[Tensor, ...]:
-    """Inputs of the exported signature: random uint8 images and their sizes. Every pyramid
-    level of the example must be larger than 1 × 1 (or torch.export fixes the size)."""
-    images = torch.randint(0, 256, (num_images, 3, height, width), dtype=torch.uint8)
+def example_inputs(
+    num_images: int = 2, height: int = 300, width: int = 420, dtype: torch.dtype = torch.uint8
+) -> tuple[Tensor, ...]:
+    """Inputs of the exported signature: random ``dtype`` images (uint8, or float in [0, 1])
+    and their sizes. Every pyramid level of the example must be larger than 1 × 1 (or
+    torch.export fixes the size)."""
+    shape = (num_images, 3, height, width)
+    if dtype == torch.uint8:
+        images = torch.randint(0, 256, shape, dtype=dtype)
+    else:
+        images = torch.rand(shape, dtype=dtype)
     sizes = torch.tensor([[height, width]] * num_images, dtype=torch.int64)
     return images, sizes, sizes.clone()
 
 
+def input_dtype(predictor: Predictor) -> torch.dtype:
+    """What ``predictor``'s resize hands the model: uint8, or float32 (``TorchvisionResize``).
+    An exported graph takes that dtype only (ONNX types its inputs; a trace keeps the branch
+    of ``RetinaNet._normalise`` its example took)."""
+    return predictor.resize(np.zeros((64, 64, 3), np.uint8)).dtype
+
+
 def sidecar(predictor: Predictor, export_format: str) -> dict[str, Any]:
     """What a deployment needs beside the graph: classes, the resize, inputs and outputs."""
+    pixels = "uint8 RGB" if input_dtype(predictor) == torch.uint8 else "float32 RGB in [0, 1]"
     return {
         "format": export_format,
         "classes": predictor.classes,
         "transforms": predictor.transform_nodes,
         "inputs": {
-            "images": "(N, 3, H, W) uint8 RGB (or float32 in [0, 1]), the resized images "
-            "zero-padded to a common H x W",
+            "images": f"(N, 3, H, W) {pixels}, the resized images zero-padded to a common H x W",
             "image_sizes": "(N, 2) int64 valid (h, w) of each image in the batch",
             "orig_sizes": "(N, 2) int64 (h, w) of each image before the resize",
         },
@@ -182,11 +198,13 @@ def export(predictor: Predictor, out: str | Path, export_format: str = "onnx",
     ``opset`` is ONNX's."""
     if export_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {export_format!r}")
-    module = ExportableDetector(predictor.model.cpu().float(), predictor.postprocessor).eval()
+    # A copy: the caller's predictor keeps its device, dtype and memory format.
+    model = copy.deepcopy(predictor.model).cpu().float()
+    module = ExportableDetector(model, predictor.postprocessor).eval()
     module.model.to(memory_format=torch.contiguous_format)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    inputs = example_inputs()
+    inputs = example_inputs(dtype=input_dtype(predictor))
     if export_format == "onnx":
         _export_onnx(module, inputs, out, opset)
     else:

@@ -13,6 +13,9 @@
         [dataset.designs=[compact,legacy]] [dataset.skip=[legacy:4:8]] [dataset.out=DIR]
     python tools/benchmark.py what=gpu [gpu.dry_run=false] [gpu.iters=10] [gpu.budget_s=420]
         [json=FILE]
+    python tools/benchmark.py what=predict [predict.images=DIR] [predict.n=10] [predict.threads=0]
+        [predict.repeats=5] [predict.backends=[torchvision,predictor,onnx]]
+        [predict.min_size=800] [predict.max_size=1333] [json=FILE]
 
 Keys (configs/benchmark.yaml): ``what`` picks the benchmark; the node of the same name holds the
 keyword arguments of its ``run()`` (``detector/benchmarks/<what>.py``, whose docstring says what
@@ -33,7 +36,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
-from detector.benchmarks import data, dataset, gpu, loss, model
+from detector.benchmarks import data, dataset, gpu, loss, model, predict
 from detector.benchmarks import eval as eval_bench
 from detector.benchmarks.common import report
 from detector.engine.cli import run_tool, typed_kwargs
@@ -53,6 +56,7 @@ BENCHMARKS = {
     "eval": Benchmark(eval_bench.run, eval_bench.format_figures),
     "dataset": Benchmark(dataset.run, dataset.format_table),
     "gpu": Benchmark(gpu.run, gpu.format_table),
+    "predict": Benchmark(predict.run, predict.format_table),
 }
 """``what=`` → the benchmark: the one table (no lookup by module name)."""
 
