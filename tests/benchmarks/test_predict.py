@@ -1,0 +1,90 @@
+"""detector/benchmarks/predict.py on two small generated photos: its result and table hold what
+was measured, the ratios are the times' quotients, and a bad argument is a one-line config error
+(the times themselves are not tested)."""
+
+import importlib.util
+import inspect
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.benchmarks import predict as bench
+from detector.engine.cli import compose_tool, typed_kwargs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.jpg", (90, 120, 3)), ("b.png", (130, 70, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    return tmp_path
+
+
+def test_tiny_run(photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx asked for but "not installed": left out with a note (and no slow export)."""
+    monkeypatch.setattr(bench, "find_spec", lambda name: None)
+    result = bench.run(
+        images=str(photos), n=2, threads=1, repeats=2, min_size=64, max_size=96,
+        backends=("torchvision", "predictor", "onnx"),
+    )  # fmt: skip
+    assert result["notes"] == [
+        "onnx left out: onnx, onnxscript, onnxruntime not installed (pip install -e .[export])"
+    ]
+    results, check = result["results"], result["check"]
+    assert list(results) == ["torchvision", "predictor"]
+    assert check["images"] == 2 and check["photo_sizes"] == [[90, 120], [130, 70]]
+    # The same model, resize and post-processing: the same detections on every photo.
+    assert check["detections"]["predictor"] == check["detections"]["torchvision"]
+    assert all(0 < count <= 100 for count in check["detections"]["torchvision"])
+    reference = results["torchvision"]["s_per_image"]
+    for record in results.values():
+        assert len(record["passes_s"]) == 2
+        assert record["s_per_image"] == statistics.median(record["passes_s"]) / 2
+        assert record["ratio"] == record["s_per_image"] / reference
+    assert results["torchvision"]["ratio"] == 1.0
+    assert result["config"]["threads"] == 1
+    lines = bench.format_table(result).splitlines()
+    assert lines[0].startswith("RetinaNet R50-FPN (random weights), CPU, batch 1, 2 photos")
+    assert lines[1] == result["notes"][0]
+    assert lines[3] == "| backend | ms / image | × torchvision | detections |"
+    count = sum(check["detections"]["torchvision"])
+    assert lines[5].startswith("| torchvision | ") and lines[5].endswith(f" | 1.000 | {count} |")
+    json.dumps(result)
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("predict.n=0", "predict: n and repeats must be >= 1 and threads >= 0, got 0, 5, 0"),
+        ("predict.backends=[predictor,tflite]", "predict: backends must be among torchvision, "
+         "predictor, onnx, torchscript and include torchvision, got ['predictor', 'tflite']"),
+        ("predict.repeats=many", "predict.repeats"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_config_errors(override: str, message: str, capsys) -> None:
+    assert _tool().main(["what=predict", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("focaldet: config error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_config_defaults_are_the_run_defaults() -> None:
+    kwargs = typed_kwargs(bench.run, compose_tool("benchmark", ["what=predict"]).predict, "predict")
+    defaults = {k: p.default for k, p in inspect.signature(bench.run).parameters.items()}
+    assert kwargs["backends"] == list(defaults.pop("backends"))
+    kwargs.pop("backends")
+    assert kwargs == defaults
