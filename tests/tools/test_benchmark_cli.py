@@ -22,7 +22,8 @@ def test_tiny_model_run(run_tool, tmp_path) -> None:
 
 def test_bad_arguments(run_tool) -> None:
     for args, message in (
-        (["what=speed"], "what='speed': expected one of loss, model, data, eval, dataset, gpu, predict"),
+        (["what=speed"],
+         "what='speed': expected one of loss, model, data, eval, dataset, gpu, predict"),
         (["what=model", "model.size=100"],
          "model: size must be a positive multiple of 128 (the P7 stride), got 100"),
         (["what=model", "model.amp=maybe"],
