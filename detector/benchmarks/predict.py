@@ -1,6 +1,7 @@
 """Prediction benchmark (``what=predict``): time per image of a RetinaNet R50-FPN on photos, on
 the CPU, batch 1: torchvision's eager model, focaldet's :class:`detector.Predictor` and the same
-model exported to ONNX under ONNX Runtime (and, when asked, exported to TorchScript).
+model exported to ONNX under ONNX Runtime (and, when asked, exported to TorchScript, or the
+Predictor with its network compiled as ``compile=true`` compiles it: ``predictor_compiled``).
 
 One model for all: torchvision's ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)``
 (randomly initialised, no download; BatchNorm statistics at their defaults, eps 1e-5), its
@@ -47,6 +48,7 @@ from data.decode import read_image
 from detector.benchmarks.common import machine, markdown_table, time_steps
 from detector.benchmarks.model import CLS_WEIGHT_STD, DETECTIONS_PER_IMG, SEED
 from detector.checkpoint import save_checkpoint
+from detector.engine.compile import compile_network
 from detector.predictor import Predictor
 from detector.torchvision_convert import (
     TORCHVISION_MAX_SIZE,
@@ -55,7 +57,7 @@ from detector.torchvision_convert import (
     torchvision_val_transforms,
 )
 
-BACKENDS = ("torchvision", "predictor", "onnx", "torchscript")
+BACKENDS = ("torchvision", "predictor", "onnx", "torchscript", "predictor_compiled")
 REFERENCE = "torchvision"
 SCORE_THRESH = 0.05
 """torchvision's default, and the converted checkpoint's."""
@@ -129,11 +131,19 @@ def make_backends(
     def exported(export_format: str) -> Path:
         return export(predictor, folder / f"model.{export_format}", export_format)
 
+    def compiled() -> Predictor:
+        """A second Predictor whose network is compiled in place (tools/infer.py compile=true);
+        the warm-up pass compiles it, a new photo size once more, then sizes stay symbolic."""
+        other = Predictor.from_checkpoint(checkpoint, "cpu", batch_size=1)
+        compile_network(other.model)
+        return other
+
     makers: dict[str, Callable[[], Detect]] = {
         "torchvision": lambda: torchvision_detect,
         "predictor": lambda: per_photo(predictor),
         "onnx": lambda: per_photo(OnnxPredictor(exported("onnx"), 1, threads)),
         "torchscript": lambda: per_photo(TorchScriptPredictor(exported("torchscript"), 1)),
+        "predictor_compiled": lambda: per_photo(compiled()),
     }
     return {name: makers[name]() for name in names}
 

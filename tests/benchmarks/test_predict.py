@@ -14,6 +14,7 @@ from PIL import Image
 
 from detector.benchmarks import predict as bench
 from detector.engine.cli import compose_tool, typed_kwargs
+from detector.engine.compile import compile_network
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,27 @@ def test_tiny_run(photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     json.dumps(result)
 
 
+def test_compiled_predictor_is_a_second_compiled_model(
+    photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predictor_compiled`` compiles a Predictor of its own (dynamo with the eager backend
+    here: inductor's code generation would take minutes), and detects what torchvision does."""
+    compiled = []
+
+    def compile_eager(model):
+        compiled.append(model)
+        return compile_network(model, "eager")
+
+    monkeypatch.setattr(bench, "compile_network", compile_eager)
+    result = bench.run(
+        images=str(photos), n=2, threads=1, repeats=1, min_size=64, max_size=96,
+        backends=("torchvision", "predictor", "predictor_compiled"),
+    )  # fmt: skip
+    assert len(compiled) == 1 and compiled[0].backbone._compiled_call_impl is not None
+    detections = result["check"]["detections"]
+    assert detections["predictor_compiled"] == detections["torchvision"] == detections["predictor"]
+
+
 def _tool():
     spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
     module = importlib.util.module_from_spec(spec)
@@ -71,7 +93,8 @@ def _tool():
     [
         ("predict.n=0", "predict: n and repeats must be >= 1 and threads >= 0, got 0, 5, 0"),
         ("predict.backends=[predictor,tflite]", "predict: backends must be among torchvision, "
-         "predictor, onnx, torchscript and include torchvision, got ['predictor', 'tflite']"),
+         "predictor, onnx, torchscript, predictor_compiled and include torchvision, "
+         "got ['predictor', 'tflite']"),
         ("predict.repeats=many", "predict.repeats"),
     ],
 )  # fmt: skip
