@@ -36,7 +36,7 @@ def test_arguments():
         (
             ["speed=fast"],
             r"unknown key 'speed' \(choose from what, json, loss, model, data, eval, dataset, "
-            r"gpu\)",
+            r"gpu, predict\)",
         ),
         (["loss"], "Error parsing override 'loss'"),
     ],
