@@ -171,9 +171,10 @@ def input_dtype(predictor: Predictor) -> torch.dtype:
     return predictor.resize(np.zeros((64, 64, 3), np.uint8)).dtype
 
 
-def sidecar(predictor: Predictor, export_format: str) -> dict[str, Any]:
-    """What a deployment needs beside the graph: classes, the resize, inputs and outputs."""
-    pixels = "uint8 RGB" if input_dtype(predictor) == torch.uint8 else "float32 RGB in [0, 1]"
+def sidecar(predictor: Predictor, export_format: str, dtype: torch.dtype) -> dict[str, Any]:
+    """What a deployment needs beside the graph: classes, the resize, inputs (``dtype``: the
+    images', :func:`input_dtype`) and outputs."""
+    pixels = "uint8 RGB" if dtype == torch.uint8 else "float32 RGB in [0, 1]"
     return {
         "format": export_format,
         "classes": predictor.classes,
@@ -204,12 +205,13 @@ def export(predictor: Predictor, out: str | Path, export_format: str = "onnx",
     module.model.to(memory_format=torch.contiguous_format)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    inputs = example_inputs(dtype=input_dtype(predictor))
+    dtype = input_dtype(predictor)
+    inputs = example_inputs(dtype=dtype)
     if export_format == "onnx":
         _export_onnx(module, inputs, out, opset)
     else:
         _export_torchscript(module, inputs, out)
-    Path(f"{out}.json").write_text(json.dumps(sidecar(predictor, export_format), indent=1))
+    Path(f"{out}.json").write_text(json.dumps(sidecar(predictor, export_format, dtype), indent=1))
     return out
 
 
