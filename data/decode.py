@@ -19,6 +19,10 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 """OpenCV ≥ 4.10 decodes straight to RGB, saving a full-image channel swap."""
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""File suffixes taken as images when a folder is listed (tools/infer.py, the benchmarks)."""
+
+
 class ImageDecodeError(OSError):
     """An image file exists but cannot be decoded by OpenCV or PIL, or is a truncated JPEG."""
 

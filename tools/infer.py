@@ -30,14 +30,13 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from data.decode import ImageDecodeError, read_image
+from data.decode import IMAGE_SUFFIXES, ImageDecodeError, read_image
 from detector.checkpoint import CheckpointError
 from detector.engine.cli import CONFIG_DIR, preflight_argv
 from detector.engine.compile import compile_network
 from detector.engine.config import ConfigError, exit_on_config_error, validate_infer
 from detector.predictor import Predictor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "MJPG", ".webm": "MJPG"}
 """Video suffixes read, and the codec (FourCC) the annotated copy is written with."""
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from data.decode import read_image
+from data.decode import IMAGE_SUFFIXES, read_image
 from detector.benchmarks.common import machine, markdown_table, time_steps
 from detector.benchmarks.model import CLS_WEIGHT_STD, DETECTIONS_PER_IMG, SEED
 from detector.checkpoint import save_checkpoint
@@ -64,7 +64,6 @@ SCORE_THRESH = 0.05
 BN_EPS = 1e-5
 """nn.BatchNorm2d's: a model built with ``weights_backbone=None`` has BatchNorm2d, not frozen."""
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SHARED = Path(
     os.environ.get("FOCALDET_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
 )
@@ -96,7 +95,7 @@ def load_photos(images: str, n: int) -> list[np.ndarray]:
     folder = Path(images) if images else RACCOON_IMAGES
     if not folder.is_dir():
         raise ValueError(f"images: {folder} is not a folder (set FOCALDET_SHARED or pass images=)")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)[:n]
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if len(paths) < n:
         raise ValueError(f"images: {folder} holds {len(paths)} photos, fewer than n={n}")
     return [read_image(path) for path in paths]
