@@ -1,24 +1,9 @@
 """detector/benchmarks/data.py on two raccoon photos: the pipelines it times agree, and its
 result and table hold what was measured (the rates themselves are not tested)."""
 
-import os
 from pathlib import Path
 
-import pytest
-
 from detector.benchmarks import data as bench
-
-SHARED = Path(
-    os.environ.get("FOCALDET_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
-)
-RACCOON = SHARED / "datasets" / "raccoon"
-
-
-@pytest.fixture
-def raccoon() -> Path:
-    if not RACCOON.is_dir():
-        pytest.skip(f"shared raccoon dataset not found at {RACCOON} (set FOCALDET_SHARED)")
-    return RACCOON
 
 
 def test_tiny_run(raccoon: Path) -> None:

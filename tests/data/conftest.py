@@ -1,20 +1,15 @@
-"""Fixtures for the data tests: tiny COCO datasets written to tmp_path, the shared raccoon set."""
+"""Fixtures for the data tests: tiny COCO datasets written to tmp_path (the shared raccoon set
+is tests/conftest.py's ``raccoon``)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-
-SHARED = Path(
-    os.environ.get("FOCALDET_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
-)
-RACCOON = SHARED / "datasets" / "raccoon"
 
 
 def write_image(path: Path, height: int, width: int, value: int = 0) -> None:
@@ -44,14 +39,6 @@ def image_writer():
 def coco_writer():
     """``write_coco(tmp_path, dataset, sizes)``: the JSON and its images, returns the JSON path."""
     return write_coco
-
-
-@pytest.fixture
-def raccoon() -> Path:
-    """The shared raccoon photos (VOC XML); skips where ``../shared`` is absent."""
-    if not RACCOON.is_dir():
-        pytest.skip(f"shared raccoon dataset not found at {RACCOON} (set FOCALDET_SHARED)")
-    return RACCOON
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """focaldet's converted RetinaNet against a seeded torchvision ``retinanet_resnet50_fpn``."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
 from data.decode import read_image
+from data.shared import RACCOON as RACCOON_DATASET
 from data.transforms import build_transforms
 from detector import Predictor, build_from_checkpoint, convert_torchvision_state_dict
 from detector.checkpoint import load_checkpoint, save_checkpoint
@@ -19,8 +19,7 @@ from detector.torchvision_convert import torchvision_val_transforms
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "convert_torchvision.py"
-SHARED = Path(os.environ.get("FOCALDET_SHARED", ROOT / ".." / "shared"))
-RACCOON = SHARED / "datasets" / "raccoon" / "images"
+RACCOON = RACCOON_DATASET / "images"
 HEIGHT, WIDTH = 256, 384  # multiples of 128: neither model pads differently
 SCORE_THRESH = 0.1
 

@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +33,6 @@ from detector.engine.evaluator import (
     to_coco_array,
     to_coco_results,
 )
-
-SHARED = Path(
-    os.environ.get("FOCALDET_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
-)
-RACCOON = SHARED / "datasets" / "raccoon"
 
 
 def _coco(dataset: dict) -> COCO:
@@ -277,11 +271,9 @@ def test_backends_equal_pycocotools_on_the_synthetic_data(
 
 
 def test_backends_equal_pycocotools_on_the_raccoon_photos(
-    tmp_path: Path, pycocotools_eval: Callable
+    tmp_path: Path, pycocotools_eval: Callable, raccoon: Path
 ) -> None:
-    if not RACCOON.is_dir():
-        pytest.skip(f"shared raccoon dataset not found at {RACCOON} (set FOCALDET_SHARED)")
-    dataset = voc_to_coco(RACCOON / "annotations", RACCOON / "images")
+    dataset = voc_to_coco(raccoon / "annotations", raccoon / "images")
     gt = _load(write_coco(dataset, tmp_path / "raccoon.json"))
     assert len(gt.getImgIds()) == 200
     results = _perturbed(dataset, seed=3, drop_images=10)
