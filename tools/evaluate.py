@@ -113,6 +113,12 @@ def main(cfg: DictConfig) -> float | None:
     return None if metrics is None else metrics["AP"]
 
 
-if __name__ == "__main__":
+def check_command_line() -> None:
+    """Before Hydra starts: compose and check the config of ``sys.argv`` (exit 2 with one line
+    if it is bad)."""
     preflight_argv("evaluate", validate_evaluate, ("checkpoint",))
+
+
+if __name__ == "__main__":
+    check_command_line()
     main()

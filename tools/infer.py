@@ -197,6 +197,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def check_command_line() -> None:
+    """Before Hydra starts: compose and check the config of ``sys.argv`` (exit 2 with one line
+    if it is bad)."""
     preflight_argv("infer", validate_infer, ("checkpoint", "input", "output"))
+
+
+if __name__ == "__main__":
+    check_command_line()
     main()

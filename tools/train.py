@@ -61,7 +61,9 @@ def main(cfg: DictConfig) -> float | None:
     return None if result.metrics is None else result.metrics.get("AP")
 
 
-if __name__ == "__main__":
+def check_command_line() -> None:
+    """Before Hydra starts: register the config's resolvers and, on rank 0, compose and check
+    every job of ``sys.argv`` (exit 2 with one line if one is bad)."""
     register_resolvers()
     if int(os.environ.get("RANK", "0")) > 0:
         # torchrun: ranks > 0 neither log to files nor save Hydra's copy of the config; they
@@ -69,4 +71,8 @@ if __name__ == "__main__":
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     else:
         preflight_argv("train", validate_config)
+
+
+if __name__ == "__main__":
+    check_command_line()
     main()

@@ -22,11 +22,11 @@ def test_bad_arguments():
 
 
 def test_dry_run_records_every_part():
-    result = gpu.run(dry_run=True, precision_steps=2, budget_s=3600)
+    result = gpu.run(dry_run=True, precision_steps=1, budget_s=3600)
     assert "errors" not in result, result.get("errors")
     assert result["config"]["device"] == "cpu" and result["config"]["compile_backend"] == "eager"
     precision = result["precision"]
-    assert len(precision["fp32"]["losses"]) == 2
+    assert len(precision["fp32"]["losses"]) == 1
     for name in ("bf16", "fp16"):
         assert precision[name]["finite"] and precision[name]["ok"], precision[name]
     train = result["train"]

@@ -1,7 +1,9 @@
-"""Fixtures for the command-line tools: a tiny dataset, tiny checkpoints, a subprocess runner."""
+"""Fixtures for the command-line tools: a tiny dataset, tiny checkpoints, and two runners (a
+subprocess, and the same command line in this process)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -77,6 +79,37 @@ def make_checkpoint(
         return path
 
     return make
+
+
+@pytest.fixture
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_in_process("train.py", *args)``: a tool's command line in this process, reported as
+    :func:`run_tool` reports it, without the seconds a new Python spends importing torch. A tool
+    with ``main(argv)`` runs whole; a Hydra tool (train, evaluate, infer, loss_cdf) runs its
+    ``check_command_line`` only, the part that turns a bad config into exit 2 and one line
+    (returncode 0: the config passed; a good command line's run needs :func:`run_tool`)."""
+
+    def run(name: str, *args: str) -> subprocess.CompletedProcess:
+        path = ROOT / "tools" / name
+        spec = importlib.util.spec_from_file_location(f"tool_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        capsys.readouterr()
+        try:
+            if hasattr(module, "check_command_line"):
+                module.check_command_line()
+                code = 0
+            else:
+                code = module.main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([str(path), *args], code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_tiny_model_run(run_tool, tmp_path) -> None:
     assert "| infer | focaldet |" in done.stdout
 
 
-def test_bad_arguments(run_tool) -> None:
+def test_bad_arguments(run_in_process) -> None:
     for args, message in (
         (["what=speed"],
          "what='speed': expected one of loss, model, data, eval, dataset, gpu, predict"),
@@ -29,7 +29,7 @@ def test_bad_arguments(run_tool) -> None:
         (["what=model", "model.amp=maybe"],
          "model.amp: Value 'maybe' is not a valid bool (type str)"),
     ):  # fmt: skip
-        done = run_tool("benchmark.py", *args)
+        done = run_in_process("benchmark.py", *args)
         assert done.returncode == 2
         assert done.stderr == f"focaldet: config error: {message}\n"
 

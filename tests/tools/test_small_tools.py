@@ -22,7 +22,7 @@ def test_make_synthetic_then_validate(run_tool, tmp_path) -> None:
     assert done.stdout.endswith("OK\n")
 
 
-def test_config_errors(run_tool, tmp_path) -> None:
+def test_config_errors(run_in_process, run_tool, tmp_path) -> None:
     for tool, args, message in (
         ("make_synthetic.py", [], "out is not set: pass out=VALUE"),
         ("make_synthetic.py", [f"out={tmp_path}", "num_train=many"],
@@ -35,7 +35,7 @@ def test_config_errors(run_tool, tmp_path) -> None:
          "format=yolo needs labels_dir=DIR and classes=NAMES_FILE"),
         ("report.py", [], "runs is not set: pass runs=VALUE"),
     ):  # fmt: skip
-        done = run_tool(tool, *args)
+        done = run_in_process(tool, *args)
         assert done.returncode == 2, (tool, done.stderr)
         assert done.stderr == f"focaldet: config error: {message}\n"
     done = run_tool("report.py", "--help")

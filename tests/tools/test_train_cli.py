@@ -72,11 +72,19 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize(("args", "message"), CLI_ERRORS, ids=[" ".join(a) for a, _ in CLI_ERRORS])
 def test_bad_config_exits_2_with_one_line(
-    run_tool: Callable, tmp_path: Path, args: list[str], message: str
+    run_in_process: Callable, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    proc = run_tool("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_in_process("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert proc.stderr == f"focaldet: config error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_config_from_the_command_line(run_tool: Callable, tmp_path: Path) -> None:
+    """The same check when Python runs the script: ``python tools/train.py loss=hinge``."""
+    proc = run_tool("train.py", "loss=hinge", f"hydra.run.dir={tmp_path / 'run'}")
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"focaldet: config error: {CLI_ERRORS[1][1]}\n"
     assert not (tmp_path / "run").exists()
 
 
