@@ -116,6 +116,21 @@ def time_steps(
     return times
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The best rate, in GFLOP/s (2 n³ per product), of an ``size`` × ``size`` float32 matrix
+    product on the CPU over ``repeats`` calls after one warm-up, on PyTorch's current threads:
+    the rate the friendliest dense kernel reaches on this machine, a practical ceiling for
+    convolutions, which are matrix products with extra data movement."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def check_device(device: str) -> torch.device:
     """``device`` (cpu, cuda or cuda:N) as a torch.device; ValueError if unknown or absent."""
     if device.split(":")[0] not in ("cpu", "cuda"):

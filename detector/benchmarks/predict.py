@@ -28,11 +28,19 @@ alternating pass by pass (the order reversed every other pass) so that a slow sp
 machine hits all alike; the median pass divided by ``n`` is the time per image, and the ratio is
 that time over torchvision's. The ONNX backend is left out, with a note, when onnx, onnxscript
 or onnxruntime is not installed.
+
+What the times could be: torchvision's warm-up pass runs under ``FlopCounterMode``, which counts
+the floating-point operations of its convolutions (2 per multiply-add; everything else is a
+rounding error beside them), the same arithmetic every backend does on the same padded photos.
+Each backend's rate is that count over its time. The machine's own ceiling is the rate of a
+large float32 matrix product (:func:`detector.benchmarks.common.matmul_gflops`, same threads);
+``floor_ratio`` is the ratio to torchvision's time that a backend would reach if its every
+convolution ran at that rate: a target below it needs less arithmetic (lower precision, fewer
+or smaller images), not a faster runtime.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -42,10 +50,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import retinanet_resnet50_fpn
 
 from data.decode import IMAGE_SUFFIXES, read_image
-from detector.benchmarks.common import machine, markdown_table, time_steps
+from data.shared import RACCOON
+from detector.benchmarks.common import machine, markdown_table, matmul_gflops, time_steps
 from detector.benchmarks.model import CLS_WEIGHT_STD, DETECTIONS_PER_IMG, SEED
 from detector.checkpoint import save_checkpoint
 from detector.engine.compile import compile_network
@@ -64,11 +74,8 @@ SCORE_THRESH = 0.05
 BN_EPS = 1e-5
 """nn.BatchNorm2d's: a model built with ``weights_backbone=None`` has BatchNorm2d, not frozen."""
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-SHARED = Path(
-    os.environ.get("FOCALDET_SHARED", Path(__file__).resolve().parents[2] / ".." / "shared")
-)
-RACCOON_IMAGES = SHARED / "datasets" / "raccoon" / "images"
-"""The shared raccoon photos ($FOCALDET_SHARED, default ``../shared`` beside the checkout)."""
+RACCOON_IMAGES = RACCOON / "images"
+"""The shared raccoon photos (data/shared.py: $FOCALDET_SHARED, default ``../shared``)."""
 
 Detect = Callable[[int], int]
 """Run a backend on photo ``i``; its number of detections."""
@@ -147,10 +154,13 @@ def make_backends(
     return {name: makers[name]() for name in names}
 
 
-def _check_args(n: int, repeats: int, threads: int, backends: Sequence[str]) -> None:
-    if n < 1 or repeats < 1 or threads < 0:
+def _check_args(
+    n: int, repeats: int, threads: int, matmul_size: int, backends: Sequence[str]
+) -> None:
+    if n < 1 or repeats < 1 or matmul_size < 1 or threads < 0:
         raise ValueError(
-            f"n and repeats must be >= 1 and threads >= 0, got {n}, {repeats}, {threads}"
+            "n, repeats and matmul_size must be >= 1 and threads >= 0, got "
+            f"{n}, {repeats}, {matmul_size}, {threads}"
         )
     unknown = [name for name in backends if name not in BACKENDS]
     if unknown or REFERENCE not in backends:
@@ -168,17 +178,21 @@ def run(
     backends: tuple[str, ...] = ("torchvision", "predictor", "onnx"),
     min_size: int = TORCHVISION_MIN_SIZE,
     max_size: int = TORCHVISION_MAX_SIZE,
+    matmul_size: int = 2048,
 ) -> dict[str, Any]:
-    """Time per image of each backend; a JSON-able ``{"meta", "config", "check", "results"}``.
+    """Time per image of each backend; a JSON-able
+    ``{"meta", "config", "check", "arithmetic", "results", "notes"}``.
 
     ``images``: a folder of photos ("": the shared raccoon photos); ``threads`` 0: PyTorch's
     default count. ``results[backend]`` holds ``s_per_image`` (median pass / ``n``),
-    ``passes_s`` (every timed pass) and ``ratio`` (``s_per_image`` over torchvision's);
-    ``check["detections"][backend]`` the detections on each photo; ``notes`` what was left out.
+    ``passes_s`` (every timed pass), ``ratio`` (``s_per_image`` over torchvision's) and
+    ``gflop_per_s``; ``arithmetic`` the GFLOP per image, the ``matmul_size``² product's rate and
+    ``floor_ratio`` (module docstring); ``check["detections"][backend]`` the detections on each
+    photo; ``notes`` what was left out.
     """
     config = dict(locals())
     config["backends"] = list(backends)
-    _check_args(n, repeats, threads, backends)
+    _check_args(n, repeats, threads, matmul_size, backends)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     config["threads"] = threads
@@ -190,19 +204,29 @@ def run(
     photos = load_photos(images, n)
     with tempfile.TemporaryDirectory() as tmp:
         detect = make_backends(names, photos, threads, Path(tmp), min_size, max_size)
-        counts = {name: [fn(i) for i in range(n)] for name, fn in detect.items()}  # warm-up
+        with FlopCounterMode(display=False) as flops:  # the warm-up pass, counted once
+            counts = {REFERENCE: [detect[REFERENCE](i) for i in range(n)]}
+        counts.update({name: [fn(i) for i in range(n)] for name, fn in detect.items()
+                       if name != REFERENCE})  # fmt: skip
         passes = {name: _whole_pass(fn, n) for name, fn in detect.items()}
         times = time_steps(passes, torch.device("cpu"), repeats, 0, swap_order=True)
+    gflop = flops.get_total_flops() / n / 1e9
     results = {}
     for name in names:
         walls = times[name]["wall"]
         results[name] = {"s_per_image": statistics.median(walls) / n, "passes_s": walls}
+    reference = results[REFERENCE]["s_per_image"]
     for record in results.values():
-        record["ratio"] = record["s_per_image"] / results[REFERENCE]["s_per_image"]
+        record["ratio"] = record["s_per_image"] / reference
+        record["gflop_per_s"] = gflop / record["s_per_image"]
+    matmul = matmul_gflops(matmul_size)
+    arithmetic = {"gflop_per_image": gflop, "matmul_gflop_per_s": matmul,
+                  "floor_ratio": gflop / matmul / reference}  # fmt: skip
     check = {"images": n, "photo_sizes": [list(p.shape[:2]) for p in photos],
              "detections": counts}  # fmt: skip
     meta = machine(torch.device("cpu"))
-    return {"meta": meta, "config": config, "check": check, "results": results, "notes": notes}
+    return {"meta": meta, "config": config, "check": check, "arithmetic": arithmetic,
+            "results": results, "notes": notes}  # fmt: skip
 
 
 def _whole_pass(detect: Detect, n: int) -> Callable[[], None]:
@@ -215,12 +239,16 @@ def _whole_pass(detect: Detect, n: int) -> Callable[[], None]:
 
 def format_table(result: dict[str, Any]) -> str:
     """What was timed, then a markdown table: one row per backend."""
-    config, check = result["config"], result["check"]
+    config, check, arithmetic = result["config"], result["check"], result["arithmetic"]
     load = result["meta"]["load_average"]
+    matmul = arithmetic["matmul_gflop_per_s"]
     lines = [
         f"RetinaNet R50-FPN (random weights), CPU, batch 1, {check['images']} photos resized "
         f"to {config['min_size']}/{config['max_size']}, {config['threads']} threads, median of "
         f"{config['repeats']} alternating passes (load average {load[0]:.2f} {load[1]:.2f})",
+        f"{arithmetic['gflop_per_image']:.1f} GFLOP per image; a {config['matmul_size']}² "
+        f"float32 matmul runs at {matmul:.1f} GFLOP/s, at which rate an image would take "
+        f"{arithmetic['floor_ratio']:.3f} × {REFERENCE}'s time",
         *result["notes"],
     ]
     rows = [
@@ -228,9 +256,11 @@ def format_table(result: dict[str, Any]) -> str:
             name,
             f"{r['s_per_image'] * 1000:.1f}",
             f"{r['ratio']:.3f}",
+            f"{r['gflop_per_s']:.1f}",
+            f"{100 * r['gflop_per_s'] / matmul:.0f} %",
             str(sum(check["detections"][name])),
         ]
         for name, r in result["results"].items()
     ]
-    header = ["backend", "ms / image", f"× {REFERENCE}", "detections"]
+    header = ["backend", "ms / image", f"× {REFERENCE}", "GFLOP/s", "× matmul", "detections"]
     return "\n".join(lines) + "\n\n" + markdown_table(header, rows)

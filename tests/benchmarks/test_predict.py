@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detector.benchmarks import predict as bench
@@ -28,12 +29,12 @@ def photos(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_tiny_run(photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_run(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """onnx asked for but "not installed": left out with a note (and no slow export)."""
     monkeypatch.setattr(bench, "find_spec", lambda name: None)
     result = bench.run(
         images=str(photos), n=2, threads=1, repeats=2, min_size=64, max_size=96,
-        backends=("torchvision", "predictor", "onnx"),
+        backends=("torchvision", "predictor", "onnx"), matmul_size=64,
     )  # fmt: skip
     assert result["notes"] == [
         "onnx left out: onnx, onnxscript, onnxruntime not installed (pip install -e .[export])"
@@ -51,13 +52,46 @@ def test_tiny_run(photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert record["ratio"] == record["s_per_image"] / reference
     assert results["torchvision"]["ratio"] == 1.0
     assert result["config"]["threads"] == 1
+    arithmetic = result["arithmetic"]
+    gflop = arithmetic["gflop_per_image"]
+    assert gflop == pytest.approx(conv_gflop_per_image(photos, tmp_path / "model"), rel=1e-12)
+    for record in results.values():
+        assert record["gflop_per_s"] == gflop / record["s_per_image"]
+    assert arithmetic["matmul_gflop_per_s"] > 0
+    assert arithmetic["floor_ratio"] == (
+        gflop / arithmetic["matmul_gflop_per_s"] / results["torchvision"]["s_per_image"]
+    )
     lines = bench.format_table(result).splitlines()
     assert lines[0].startswith("RetinaNet R50-FPN (random weights), CPU, batch 1, 2 photos")
-    assert lines[1] == result["notes"][0]
-    assert lines[3] == "| backend | ms / image | × torchvision | detections |"
+    assert lines[1].startswith(f"{gflop:.1f} GFLOP per image; a 64² float32 matmul runs at ")
+    assert lines[2] == result["notes"][0]
+    assert lines[4] == (
+        "| backend | ms / image | × torchvision | GFLOP/s | × matmul | detections |"
+    )
     count = sum(check["detections"]["torchvision"])
-    assert lines[5].startswith("| torchvision | ") and lines[5].endswith(f" | 1.000 | {count} |")
+    assert lines[6].startswith("| torchvision | ") and lines[6].endswith(f" | {count} |")
     json.dumps(result)
+
+
+def conv_gflop_per_image(photos: Path, folder: Path) -> float:
+    """The benchmark's model on the same two photos, its convolutions' arithmetic summed by
+    hand from their output sizes: 2 × outputs × input channels per group × kernel area."""
+    folder.mkdir()
+    model, _ = bench.build_models(64, 96, folder)
+    total = 0
+
+    def count(conv: torch.nn.Conv2d, args: object, out: torch.Tensor) -> None:
+        nonlocal total
+        kernel = conv.kernel_size[0] * conv.kernel_size[1]
+        total += 2 * out.numel() * conv.in_channels // conv.groups * kernel
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(count)
+    with torch.inference_mode():
+        for photo in bench.load_photos(str(photos), 2):
+            model([torch.from_numpy(photo).permute(2, 0, 1).float() / 255.0])
+    return total / 2 / 1e9
 
 
 def test_compiled_predictor_is_a_second_compiled_model(
@@ -91,7 +125,8 @@ def _tool():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("predict.n=0", "predict: n and repeats must be >= 1 and threads >= 0, got 0, 5, 0"),
+        ("predict.n=0", "predict: n, repeats and matmul_size must be >= 1 and threads >= 0, "
+         "got 0, 5, 2048, 0"),
         ("predict.backends=[predictor,tflite]", "predict: backends must be among torchvision, "
          "predictor, onnx, torchscript, predictor_compiled and include torchvision, "
          "got ['predictor', 'tflite']"),
