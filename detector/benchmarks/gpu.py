@@ -19,7 +19,7 @@ run last and are skipped once ``budget_s`` has passed, so the window is not over
 smallest the P7 stride allows, batches of 1 and 2, 3 classes, one timed step, gloo instead of
 NCCL, ``compile_backend=eager`` unless given), which ``tests/benchmarks/test_gpu.py`` does so
 that the check cannot rot between GPU windows. On a CPU without bf16 kernels (oneDNN's
-reference kernels, some 50× slower than float32) it takes minutes even so.
+reference kernels, many times slower than float32) it takes minutes even so.
 """
 
 from __future__ import annotations
