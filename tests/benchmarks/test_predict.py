@@ -2,7 +2,6 @@
 was measured, the ratios are the times' quotients, and a bad argument is a one-line config error
 (the times themselves are not tested)."""
 
-import importlib.util
 import inspect
 import json
 import statistics
@@ -115,13 +114,6 @@ def test_compiled_predictor_is_a_second_compiled_model(
     assert detections["predictor_compiled"] == detections["torchvision"] == detections["predictor"]
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -133,8 +125,10 @@ def _tool():
         ("predict.repeats=many", "predict.repeats"),
     ],
 )  # fmt: skip
-def test_bad_arguments_are_one_line_config_errors(override: str, message: str, capsys) -> None:
-    assert _tool().main(["what=predict", override]) == 2
+def test_bad_arguments_are_one_line_config_errors(
+    override: str, message: str, capsys, load_tool
+) -> None:
+    assert load_tool("benchmark").main(["what=predict", override]) == 2
     err = capsys.readouterr().err
     assert err.startswith("focaldet: config error: ") and err.count("\n") == 1
     assert message in err

@@ -4,7 +4,6 @@ padded together, one of them without detections."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -30,13 +29,6 @@ MODEL = {
 }  # fmt: skip
 SCORE_THRESH = 0.4
 """Between the best score of the grey image (0.33) and of the random ones (0.68, 0.63)."""
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("focaldet_export", ROOT / "tools" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _images() -> list[np.ndarray]:
@@ -71,17 +63,17 @@ def _write_checkpoint(folder: Path, transforms: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint: Path) -> tuple[Predictor, Path]:
+def exported(checkpoint: Path, load_tool) -> tuple[Predictor, Path]:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    assert _tool().main([f"checkpoint={checkpoint}"]) == 0
+    assert load_tool("export").main([f"checkpoint={checkpoint}"]) == 0
     return Predictor.from_checkpoint(checkpoint, device="cpu"), checkpoint.with_suffix(".onnx")
 
 
 @pytest.fixture(scope="module")
-def scripted(checkpoint: Path) -> tuple[Predictor, Path]:
-    assert _tool().main([f"checkpoint={checkpoint}", "format=torchscript"]) == 0
+def scripted(checkpoint: Path, load_tool) -> tuple[Predictor, Path]:
+    assert load_tool("export").main([f"checkpoint={checkpoint}", "format=torchscript"]) == 0
     path = checkpoint.with_suffix(".torchscript")
     return Predictor.from_checkpoint(checkpoint, device="cpu"), path
 
@@ -157,7 +149,9 @@ def test_torchscript_detects_what_the_eager_model_detects(scripted) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnx", "torchscript"])
-def test_infer_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_infer_backend(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, load_tool
+) -> None:
     from detector.export import OnnxPredictor
 
     predictor, path = request.getfixturevalue("exported" if backend == "onnx" else "scripted")
@@ -165,9 +159,7 @@ def test_infer_backend(backend: str, request: pytest.FixtureRequest, tmp_path: P
     images = _images()
     for ours, theirs in zip(predictor(images), loaded(images), strict=True):
         assert_same(theirs, ours)
-    infer_spec = importlib.util.spec_from_file_location("infer", ROOT / "tools" / "infer.py")
-    infer = importlib.util.module_from_spec(infer_spec)
-    infer_spec.loader.exec_module(infer)
+    infer = load_tool("infer")
     from omegaconf import OmegaConf
     from PIL import Image
 
@@ -192,7 +184,7 @@ TORCHVISION_RESIZE = [{"_target_": "data.transforms.TorchvisionResize", "min_siz
 
 
 @pytest.mark.parametrize("backend", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
-def test_export_behind_torchvision_resize(backend: str, tmp_path: Path) -> None:
+def test_export_behind_torchvision_resize(backend: str, tmp_path: Path, load_tool) -> None:
     """A converted torchvision checkpoint's resize hands the model float32 in [0, 1], not
     uint8: the exported graph is typed by it, and detects what the eager predictor detects."""
     from detector.export import OnnxPredictor
@@ -201,7 +193,7 @@ def test_export_behind_torchvision_resize(backend: str, tmp_path: Path) -> None:
         for module in ("onnx", "onnxscript", "onnxruntime"):
             pytest.importorskip(module)
     checkpoint = _write_checkpoint(tmp_path, TORCHVISION_RESIZE)
-    assert _tool().main([f"checkpoint={checkpoint}", f"format={backend}"]) == 0
+    assert load_tool("export").main([f"checkpoint={checkpoint}", f"format={backend}"]) == 0
     path = checkpoint.with_suffix(f".{backend}")
     sidecar = json.loads(Path(f"{path}.json").read_text())
     assert "float32 RGB in [0, 1]" in sidecar["inputs"]["images"]
@@ -214,8 +206,8 @@ def test_export_behind_torchvision_resize(backend: str, tmp_path: Path) -> None:
     assert sum(len(d) for d in eager) > 0
 
 
-def test_export_tool_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
-    tool = _tool()
+def test_export_tool_rejects_bad_arguments(tmp_path: Path, capsys, load_tool) -> None:
+    tool = load_tool("export")
     assert tool.main([f"checkpoint={tmp_path / 'nope.pt'}"]) == 2
     assert capsys.readouterr().err == (
         f"focaldet: config error: checkpoint: {tmp_path / 'nope.pt'}: no such file\n"

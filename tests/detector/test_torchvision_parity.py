@@ -1,6 +1,5 @@
 """focaldet's converted RetinaNet against a seeded torchvision ``retinanet_resnet50_fpn``."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -112,15 +111,8 @@ def test_converter_rejects_wrong_state_dicts(torchvision_model):
         convert_torchvision_state_dict(extra)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_torchvision", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_command_line_tool(torchvision_model, tmp_path, capsys):
-    tool = _load_tool()
+def test_command_line_tool(torchvision_model, tmp_path, capsys, load_tool):
+    tool = load_tool("convert_torchvision")
     src, out = tmp_path / "tv.pth", tmp_path / "out" / "focaldet.pt"
     torch.save({"model": torchvision_model.state_dict()}, src)
     assert tool.main([f"src={src}", f"out={out}", "bn_eps=1e-5"]) == 0

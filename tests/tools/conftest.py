@@ -3,12 +3,12 @@ subprocess, and the same command line in this process)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import hydra.utils
@@ -83,7 +83,9 @@ def make_checkpoint(
 
 @pytest.fixture
 def run_in_process(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    load_tool: Callable[[str], ModuleType],
 ) -> Callable[..., subprocess.CompletedProcess]:
     """``run_in_process("train.py", *args)``: a tool's command line in this process, reported as
     :func:`run_tool` reports it, without the seconds a new Python spends importing torch. A tool
@@ -93,9 +95,7 @@ def run_in_process(
 
     def run(name: str, *args: str) -> subprocess.CompletedProcess:
         path = ROOT / "tools" / name
-        spec = importlib.util.spec_from_file_location(f"tool_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_tool(path.stem)
         monkeypatch.setattr(sys, "argv", [str(path), *args])
         capsys.readouterr()
         try:

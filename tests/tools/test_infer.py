@@ -3,7 +3,6 @@ images skipped, the input photos never overwritten, and a checkpoint that cannot
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -56,13 +55,6 @@ def test_infer_grayscale_and_rgba(
     assert all(1 <= c <= 100 for c in counts)
 
 
-def _infer_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("focaldet_infer", ROOT / "tools" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _photos(folder: Path, *names: str) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -71,34 +63,42 @@ def _photos(folder: Path, *names: str) -> Path:
     return folder
 
 
-def _run_in_process(checkpoint: Path, images: Path, out: Path, score_thresh: float) -> list:
+@pytest.fixture
+def infer(load_tool: Callable[[str], ModuleType]) -> ModuleType:
+    """tools/infer.py as a module, to run its ``run(cfg)`` in this process."""
+    return load_tool("infer")
+
+
+def _run_in_process(
+    infer: ModuleType, checkpoint: Path, images: Path, out: Path, score_thresh: float
+) -> list:
     cfg = OmegaConf.create(
         {"checkpoint": str(checkpoint), "input": str(images), "output": str(out),
          "score_thresh": score_thresh, "device": "cpu", "transforms": None}
     )  # fmt: skip
-    return _infer_module().run(cfg)
+    return infer.run(cfg)
 
 
 def test_score_thresh_below_the_checkpoints_takes_effect(
-    make_checkpoint: Callable, tmp_path: Path
+    make_checkpoint: Callable, tmp_path: Path, infer: ModuleType
 ) -> None:
     """The checkpoint keeps scores > 0.05; the random model scores about 0.01 (prior π)."""
     images = _photos(tmp_path / "in", "a.png")
     checkpoint = make_checkpoint(0.05)
-    assert _run_in_process(checkpoint, images, tmp_path / "out05", 0.05) == []
-    predictions = _run_in_process(checkpoint, images, tmp_path / "out", 0.005)
+    assert _run_in_process(infer, checkpoint, images, tmp_path / "out05", 0.05) == []
+    predictions = _run_in_process(infer, checkpoint, images, tmp_path / "out", 0.005)
     scores = [p["score"] for p in predictions]
     assert len(scores) == 100  # detections_per_img: far more than 100 anchors score > 0.005
     assert min(scores) > 0.005 and max(scores) < 0.05
 
 
 def test_an_unreadable_image_is_skipped_and_counted(
-    make_checkpoint: Callable, tmp_path: Path, capsys: pytest.CaptureFixture
+    make_checkpoint: Callable, tmp_path: Path, capsys: pytest.CaptureFixture, infer: ModuleType
 ) -> None:
     images = _photos(tmp_path / "in", "a.png", "c.png")
     (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     out = tmp_path / "out"
-    predictions = _run_in_process(make_checkpoint(0.005), images, out, 0.005)
+    predictions = _run_in_process(infer, make_checkpoint(0.005), images, out, 0.005)
     captured = capsys.readouterr()
     assert f"skipped {images / 'b.jpg'}" in captured.err
     assert "on 2 images" in captured.out and "skipped 1 unreadable image(s)" in captured.out
@@ -107,12 +107,14 @@ def test_an_unreadable_image_is_skipped_and_counted(
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "predictions.json"]
 
 
-def test_no_readable_image_is_an_error(make_checkpoint: Callable, tmp_path: Path) -> None:
+def test_no_readable_image_is_an_error(
+    make_checkpoint: Callable, tmp_path: Path, infer: ModuleType
+) -> None:
     images = tmp_path / "in"
     images.mkdir()
     (images / "b.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ImageDecodeError, match="none of the 1 images"):
-        _run_in_process(make_checkpoint(0.005), images, tmp_path / "out", 0.005)
+        _run_in_process(infer, make_checkpoint(0.005), images, tmp_path / "out", 0.005)
     assert not (tmp_path / "out" / "predictions.json").exists()
 
 
@@ -159,13 +161,12 @@ def test_a_checkpoint_transform_that_runs_code_is_refused(
     assert victim.read_text() == "keep me"
 
 
-def test_output_over_a_linked_photo_is_refused(tmp_path: Path) -> None:
+def test_output_over_a_linked_photo_is_refused(tmp_path: Path, infer: ModuleType) -> None:
     """A link in the input folder points at a photo elsewhere: that folder is refused too."""
     photos = _photos(tmp_path / "photos", "a.png")
     links = tmp_path / "links"
     links.mkdir()
     (links / "a.png").symlink_to(photos / "a.png")
-    infer = _infer_module()
     for output in (links, photos, tmp_path / "photos" / "." / ""):
         with pytest.raises(infer.ConfigError, match="would overwrite"):
             infer.check_output([links / "a.png"], output)
@@ -192,7 +193,7 @@ def _write_video(path: Path, frames: int, size: tuple[int, int], fps: float) -> 
 
 
 def test_video_writes_annotated_frames_and_json_lines(
-    make_checkpoint: Callable, tmp_path: Path
+    make_checkpoint: Callable, tmp_path: Path, infer: ModuleType
 ) -> None:
     import cv2
 
@@ -203,7 +204,7 @@ def test_video_writes_annotated_frames_and_json_lines(
         {"checkpoint": str(make_checkpoint(0.005)), "input": str(video), "output": str(out),
          "score_thresh": 0.005, "device": "cpu", "transforms": None, "batch_size": 2}
     )  # fmt: skip
-    frames = _infer_module().run(cfg)
+    frames = infer.run(cfg)
     lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
     assert lines == frames and [f["frame"] for f in lines] == [0, 1, 2, 3, 4]
     assert all(1 <= len(f["detections"]) <= 100 for f in lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -127,15 +126,8 @@ def test_report_lists_images_total_and_paper() -> None:
     assert lines[-1] == f"this data's CE ratio is {20 / 29:.3g} × the paper's"
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("imbalance_tool", ROOT / "tools/imbalance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tool_counts_absent_classes_and_rejects_bad_images(tmp_path, capsys) -> None:
-    tool = load_tool()
+def test_tool_counts_absent_classes_and_rejects_bad_images(tmp_path, capsys, load_tool) -> None:
+    tool = load_tool("imbalance")
     root = tmp_path / "synthetic"
     ensure_synthetic(root, seed=0, num_train=4, num_val=2, absent_classes=3)
     args = [f"data.root={root}", "data.generate.num_train=4", "data.generate.num_val=2"]
