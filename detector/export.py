@@ -32,6 +32,7 @@ import copy
 import json
 import warnings
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
+from detector.checkpoint import CheckpointError
 from detector.postprocess import RetinaNetPostProcessor
 from detector.predictor import Detections, Predictor
 from detector.retinanet import DenseOutputs, RetinaNet
@@ -287,6 +289,29 @@ class ExportedPredictor(Predictor):
         sizes = torch.tensor([batch.shape[-2:]] * len(batch), dtype=torch.int64)
         outputs = self._run(batch, sizes, orig_sizes.to(torch.int64))
         return split_detections(outputs, len(batch), self.classes)
+
+
+def is_exported(path: str | Path) -> bool:
+    """Whether ``path`` names an exported file (by its suffix), not a checkpoint."""
+    return Path(path).suffix in SUFFIXES.values()
+
+
+def load_exported(path: str | Path, batch_size: int = 8) -> ExportedPredictor:
+    """The predictor of the exported file ``path``: ONNX Runtime for ``.onnx``, PyTorch for
+    ``.torchscript``; a :class:`CheckpointError` when its sidecar or ONNX Runtime is missing."""
+    path = Path(path)
+    if not Path(f"{path}.json").is_file():
+        raise CheckpointError(
+            f"{path}: its sidecar {path.name}.json is missing (tools/export.py writes it beside "
+            "the model; it names the classes and the resize)"
+        )
+    if path.suffix == ".onnx":
+        if find_spec("onnxruntime") is None:
+            raise CheckpointError(
+                f"{path}: running ONNX needs onnxruntime (pip install -e .[export])"
+            )
+        return OnnxPredictor(path, batch_size)
+    return TorchScriptPredictor(path, batch_size)
 
 
 class OnnxPredictor(ExportedPredictor):

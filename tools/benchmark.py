@@ -14,7 +14,7 @@
     python tools/benchmark.py what=gpu [gpu.dry_run=false] [gpu.iters=10] [gpu.budget_s=420]
         [json=FILE]
     python tools/benchmark.py what=predict [predict.images=DIR] [predict.n=10] [predict.threads=0]
-        [predict.repeats=5] [predict.backends=[torchvision,predictor,onnx]]
+        [predict.repeats=5] [predict.backends=[torchvision,predictor,onnx,onnx_int8]]
         [predict.min_size=800] [predict.max_size=1333] [json=FILE]
 
 Keys (configs/benchmark.yaml): ``what`` picks the benchmark; the node of the same name holds the

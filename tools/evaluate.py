@@ -8,12 +8,18 @@ and writes ``metrics.json``, ``predictions.json`` (COCO results) and the report 
 confusion matrix, F1 curve, per-class tables; see ``detector/engine/eval_report_files.py``) to the
 run directory. ``evaluation.backend=pycocotools`` scores with the reference implementation. Works
 under ``torchrun`` (each process predicts a share of the images; rank 0 scores them).
+
+``checkpoint`` may also be a file written by tools/export.py (``.onnx``, int8 or not, under ONNX
+Runtime; ``.torchscript``): its images are decoded and resized as its sidecar says and run on
+the CPU in one process, with the post-processing it was exported with, so that the score of a
+deployed (or quantised) model can be read beside its checkpoint's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,18 +28,32 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from data.build import build_dataset, prepare_data
+from data.coco import CocoDetection
 from data.loader import build_test_loader
 from data.validate import DatasetError
 from detector import build_from_checkpoint
 from detector.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.cli import CONFIG_DIR, preflight_argv
 from detector.engine.compile import compile_network
-from detector.engine.config import exit_on_config_error, validate_evaluate
+from detector.engine.config import ConfigError, exit_on_config_error, validate_evaluate
 from detector.engine.distributed import cleanup, init_distributed
-from detector.engine.eval_report_files import describe_f1, eval_settings, write_eval_report
-from detector.engine.evaluator import evaluate, format_summary
+from detector.engine.eval_report_files import (
+    EvalSettings,
+    describe_f1,
+    eval_settings,
+    write_eval_report,
+)
+from detector.engine.evaluator import (
+    Predictions,
+    coco_score,
+    evaluate,
+    format_summary,
+    predict_images,
+    scores_to_metrics,
+)
 from detector.engine.events import EventWriter, write_metrics
 from detector.engine.precision import MixedPrecision
+from detector.export import is_exported, load_exported
 
 logger = logging.getLogger("focaldet.evaluate")
 
@@ -53,10 +73,22 @@ def class_mismatch(model: list[dict], dataset: list[dict], listed: int = 5) -> s
     return "; ".join(differ[:listed]) + more
 
 
+def check_classes(cfg: DictConfig, classes: list[dict], dataset: CocoDetection) -> None:
+    """A :class:`DatasetError` when the model's classes are not the dataset's."""
+    mismatch = class_mismatch(classes, dataset.classes)
+    if mismatch:
+        raise DatasetError(
+            f"the classes of {cfg.checkpoint} and {cfg.data.val.ann_file} differ ({mismatch}): "
+            "its detections would be scored as other classes"
+        )
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     """Evaluate ``cfg.checkpoint`` on ``cfg.data.val``; return the metrics (rank 0)."""
     validate_evaluate(cfg)
     settings = eval_settings(cfg.get("evaluation"))
+    if is_exported(cfg.checkpoint):
+        return run_exported(cfg, out_dir, settings)
     ctx = init_distributed(cfg.device)
     checkpoint = load_checkpoint(cfg.checkpoint)
     overrides = {k: v for k, v in cfg.postprocess.items() if v is not None}
@@ -66,12 +98,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
         compile_network(model)
     prepare_data(cfg)
     dataset = build_dataset(cfg, "val")
-    mismatch = class_mismatch(classes, dataset.classes)
-    if mismatch:
-        raise DatasetError(
-            f"the classes of {cfg.checkpoint} and {cfg.data.val.ann_file} differ ({mismatch}): "
-            "its detections would be scored as other classes"
-        )
+    check_classes(cfg, classes, dataset)
     loader = build_test_loader(
         dataset, cfg.data.val.get("batch_size", 1), num_workers=cfg.workers,
         pin_memory=ctx.device.type == "cuda",
@@ -89,6 +116,40 @@ def run(cfg: DictConfig, out_dir: Path) -> dict | None:
     cleanup()
     if metrics is None:
         return None
+    return write_results(cfg, out_dir, settings, dataset, metrics, predictions)
+
+
+def run_exported(cfg: DictConfig, out_dir: Path, settings: EvalSettings) -> dict:
+    """Evaluate an exported file (module docstring) on ``cfg.data.val``."""
+    unusable = [f"postprocess.{k}" for k, v in cfg.postprocess.items() if v is not None]
+    unusable += [key for key in ("compile", "amp") if cfg.get(key)]
+    if unusable:
+        raise ConfigError(
+            f"{', '.join(unusable)}: not applicable to {cfg.checkpoint}, an exported file (its "
+            "post-processing is in the graph: export again with score_thresh=...)"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{cfg.checkpoint}: an exported file is evaluated in one process")
+    predictor = load_exported(cfg.checkpoint, cfg.data.val.get("batch_size", 1))
+    prepare_data(cfg)
+    dataset = build_dataset(cfg, "val")
+    check_classes(cfg, predictor.classes, dataset)
+    cat_ids = [c["id"] for c in predictor.classes]
+    predictions = predict_images(predictor, dataset, cat_ids, predictor.batch_size)
+    predictions.scores = coco_score(dataset.coco_gt, predictions.detections, settings.backend)
+    metrics = scores_to_metrics(predictions.scores, dataset.coco_gt, len(predictions.detections))
+    return write_results(cfg, out_dir, settings, dataset, metrics, predictions)
+
+
+def write_results(
+    cfg: DictConfig,
+    out_dir: Path,
+    settings: EvalSettings,
+    dataset: CocoDetection,
+    metrics: dict,
+    predictions: Predictions,
+) -> dict:
+    """Write metrics.json, predictions.json and the report; print the summary."""
     metrics = {"checkpoint": str(cfg.checkpoint), **metrics}
     write_metrics(out_dir / "metrics.json", metrics)
     (out_dir / "predictions.json").write_text(json.dumps(predictions.results))

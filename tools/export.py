@@ -1,14 +1,18 @@
 """Export a checkpoint to ONNX or TorchScript: one graph from resized pixels to detections.
 
     python tools/export.py checkpoint=CKPT [format=onnx|torchscript] [out=MODEL.onnx] [opset=18]
-        [score_thresh=null]
+        [score_thresh=null] [int8=true calibration=DIR [calibration_images=64]
+        [calibration_method=minmax|percentile|entropy]]
 
 Writes ``out`` (default: the checkpoint's path with ``.onnx``, or ``.torchscript``) and
 ``out.json``, the sidecar with the format, the class list, the resize to apply before the model
 and the inputs and outputs (see detector/export.py). ONNX needs the ``export`` extra
 (``pip install -e .[export]``: onnx, onnxscript, onnxruntime); TorchScript needs nothing more.
-Run the file with ``python tools/infer.py backend=onnx|torchscript checkpoint=MODEL input=...
-output=...``.
+``int8=true`` (ONNX only) writes an int8 file instead (default ``.int8.onnx``): the convolutions'
+weights and inputs in 8 bits, calibrated on the first ``calibration_images`` images of the folder
+``calibration`` (detector/quantize.py). Run a file with ``python tools/infer.py
+backend=onnx|torchscript checkpoint=MODEL input=... output=...``, score it with
+``python tools/evaluate.py checkpoint=MODEL [data overrides]``.
 """
 
 import sys
@@ -32,6 +36,10 @@ class Args:
     out: str | None = None
     opset: int = 18
     score_thresh: float | None = None
+    int8: bool = False
+    calibration: str | None = None
+    calibration_images: int = 64
+    calibration_method: str = "minmax"
 
 
 def run(cfg: DictConfig) -> int:
@@ -43,19 +51,58 @@ def run(cfg: DictConfig) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint: {checkpoint}: no such file")
-    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIXES[args.format])
+    calibration = check_int8(args)
+    suffix = ".int8.onnx" if args.int8 else SUFFIXES[args.format]
+    out = Path(args.out) if args.out else checkpoint.with_suffix(suffix)
     try:
         predictor = Predictor.from_checkpoint(checkpoint, "cpu", args.score_thresh)
     except CheckpointError as e:
         raise SystemExit(f"focaldet: {e}") from e
-    export(predictor, out, args.format, args.opset)
-    print(f"wrote {out} and {out}.json ({len(predictor.classes)} classes)")
+    if args.int8:
+        from detector.quantize import quantize
+
+        try:
+            quantize(predictor, out, calibration, args.calibration_method, args.opset)
+        except ValueError as e:  # an unreadable calibration image
+            raise SystemExit(f"focaldet: {e}") from e
+        what = f"int8, calibrated on {len(calibration)} images of {args.calibration}"
+    else:
+        export(predictor, out, args.format, args.opset)
+        what = args.format
+    print(f"wrote {out} and {out}.json ({what}; {len(predictor.classes)} classes)")
     return 0
+
+
+def check_int8(args: Args) -> list[Path]:
+    """The calibration images of ``int8=true`` (none without it); a ConfigError for settings
+    that cannot make an int8 file."""
+    if not args.int8:
+        return []
+    from detector.quantize import CALIBRATION_METHODS, calibration_images
+
+    if args.format != "onnx":
+        raise ConfigError(f"int8=true needs format=onnx, got format={args.format}")
+    if args.calibration is None:
+        raise ConfigError(
+            "int8=true needs calibration=DIR: a folder of images like those the model will "
+            "see (its validation images, say)"
+        )
+    if args.calibration_images < 1:
+        raise ConfigError(f"calibration_images must be >= 1, got {args.calibration_images}")
+    if args.calibration_method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
+            f"got {args.calibration_method!r}"
+        )
+    try:
+        return calibration_images(args.calibration, args.calibration_images)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def main(argv: list[str]) -> int:
     """Exit status of the tool for the command-line arguments ``argv`` (2: a config error)."""
-    return run_tool("export", run, argv, __doc__, ("checkpoint", "out"))
+    return run_tool("export", run, argv, __doc__, ("checkpoint", "out", "calibration"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Prediction benchmark (``what=predict``): time per image of a RetinaNet R50-FPN on photos, on
-the CPU, batch 1: torchvision's eager model, focaldet's :class:`detector.Predictor` and the same
-model exported to ONNX under ONNX Runtime (and, when asked, exported to TorchScript, or the
-Predictor with its network compiled as ``compile=true`` compiles it: ``predictor_compiled``).
+the CPU, batch 1: torchvision's eager model, focaldet's :class:`detector.Predictor`, the same
+model exported to ONNX under ONNX Runtime, and its int8 ONNX file (``onnx_int8``,
+detector/quantize.py, calibrated on :data:`CALIBRATION_IMAGES` other photos of the folder); and,
+when asked, exported to TorchScript, or the Predictor with its network compiled as
+``compile=true`` compiles it (``predictor_compiled``).
 
 One model for all: torchvision's ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)``
 (randomly initialised, no download; BatchNorm statistics at their defaults, eps 1e-5), its
@@ -26,7 +28,7 @@ check that all do the same post-processing work.
 One warm-up pass over the photos per backend, then ``repeats`` timed passes, the backends
 alternating pass by pass (the order reversed every other pass) so that a slow spell of a shared
 machine hits all alike; the median pass divided by ``n`` is the time per image, and the ratio is
-that time over torchvision's. The ONNX backend is left out, with a note, when onnx, onnxscript
+that time over torchvision's. The ONNX backends are left out, with a note, when onnx, onnxscript
 or onnxruntime is not installed.
 
 What the times could be: torchvision's warm-up pass runs under ``FlopCounterMode``, which counts
@@ -36,7 +38,8 @@ Each backend's rate is that count over its time. The machine's own ceiling is th
 large float32 matrix product (:func:`detector.benchmarks.common.matmul_gflops`, same threads);
 ``floor_ratio`` is the ratio to torchvision's time that a backend would reach if its every
 convolution ran at that rate: a target below it needs less arithmetic (lower precision, fewer
-or smaller images), not a faster runtime.
+or smaller images), not a faster runtime. ``onnx_int8`` does the same multiply-adds in 8 bits,
+so its rate may pass the float32 ceiling: that is the point of it.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ from detector.torchvision_convert import (
     torchvision_val_transforms,
 )
 
-BACKENDS = ("torchvision", "predictor", "onnx", "torchscript", "predictor_compiled")
+BACKENDS = ("torchvision", "predictor", "onnx", "onnx_int8", "torchscript", "predictor_compiled")
+CALIBRATION_IMAGES = 8
+"""Photos ``onnx_int8`` is calibrated on: those after the ``n`` timed ones where the folder has
+them (the raccoon folder has 200), else the first ones."""
 REFERENCE = "torchvision"
 SCORE_THRESH = 0.05
 """torchvision's default, and the converted checkpoint's."""
@@ -97,15 +103,28 @@ def build_models(min_size: int, max_size: int, folder: Path) -> tuple[torch.nn.M
     return tv, folder / "model.pt"
 
 
-def load_photos(images: str, n: int) -> list[np.ndarray]:
-    """The first ``n`` photos of the folder ``images`` (sorted by name) as RGB uint8 arrays."""
+def photo_paths(images: str, n: int) -> list[Path]:
+    """The photos of the folder ``images`` ("": the raccoon photos), sorted by name; at least
+    ``n`` (else ValueError)."""
     folder = Path(images) if images else RACCOON_IMAGES
     if not folder.is_dir():
         raise ValueError(f"images: {folder} is not a folder (set FOCALDET_SHARED or pass images=)")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(paths) < n:
         raise ValueError(f"images: {folder} holds {len(paths)} photos, fewer than n={n}")
-    return [read_image(path) for path in paths]
+    return paths
+
+
+def load_photos(images: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` photos of the folder ``images`` (sorted by name) as RGB uint8 arrays."""
+    return [read_image(path) for path in photo_paths(images, n)[:n]]
+
+
+def calibration_paths(images: str, n: int) -> list[Path]:
+    """The :data:`CALIBRATION_IMAGES` photos ``onnx_int8`` is calibrated on."""
+    paths = photo_paths(images, n)
+    after = paths[n : n + CALIBRATION_IMAGES]
+    return after if len(after) == CALIBRATION_IMAGES else paths[:CALIBRATION_IMAGES]
 
 
 def onnx_missing() -> str | None:
@@ -118,9 +137,10 @@ def onnx_missing() -> str | None:
 
 def make_backends(
     names: Sequence[str], photos: list[np.ndarray], threads: int, folder: Path,
-    min_size: int, max_size: int,
+    min_size: int, max_size: int, calibration: Sequence[Path] = (),
 ) -> dict[str, Detect]:  # fmt: skip
-    """One :data:`Detect` per backend of ``names``, all on the same model, files in ``folder``."""
+    """One :data:`Detect` per backend of ``names``, all on the same model, files in ``folder``
+    (``calibration``: the photos ``onnx_int8`` is calibrated on)."""
     from detector.export import OnnxPredictor, TorchScriptPredictor, export
 
     tv, checkpoint = build_models(min_size, max_size, folder)
@@ -137,6 +157,11 @@ def make_backends(
     def exported(export_format: str) -> Path:
         return export(predictor, folder / f"model.{export_format}", export_format)
 
+    def quantized() -> Path:
+        from detector.quantize import quantize
+
+        return quantize(predictor, folder / "model.int8.onnx", calibration)
+
     def compiled() -> Predictor:
         """A second Predictor whose network is compiled in place (tools/infer.py compile=true);
         the warm-up pass compiles it, a new photo size once more, then sizes stay symbolic."""
@@ -148,6 +173,7 @@ def make_backends(
         "torchvision": lambda: torchvision_detect,
         "predictor": lambda: per_photo(predictor),
         "onnx": lambda: per_photo(OnnxPredictor(exported("onnx"), 1, threads)),
+        "onnx_int8": lambda: per_photo(OnnxPredictor(quantized(), 1, threads)),
         "torchscript": lambda: per_photo(TorchScriptPredictor(exported("torchscript"), 1)),
         "predictor_compiled": lambda: per_photo(compiled()),
     }
@@ -175,7 +201,7 @@ def run(
     n: int = 10,
     threads: int = 0,
     repeats: int = 5,
-    backends: tuple[str, ...] = ("torchvision", "predictor", "onnx"),
+    backends: tuple[str, ...] = ("torchvision", "predictor", "onnx", "onnx_int8"),
     min_size: int = TORCHVISION_MIN_SIZE,
     max_size: int = TORCHVISION_MAX_SIZE,
     matmul_size: int = 2048,
@@ -197,13 +223,15 @@ def run(
     torch.set_num_threads(threads)
     config["threads"] = threads
     notes, names = [], list(backends)
-    missing = onnx_missing() if "onnx" in names else None
+    missing = onnx_missing() if {"onnx", "onnx_int8"} & set(names) else None
     if missing:
         notes.append(missing)
-        names.remove("onnx")
+        names = [name for name in names if not name.startswith("onnx")]
     photos = load_photos(images, n)
+    calibration = calibration_paths(images, n)
+    config["calibration"] = [path.name for path in calibration]
     with tempfile.TemporaryDirectory() as tmp:
-        detect = make_backends(names, photos, threads, Path(tmp), min_size, max_size)
+        detect = make_backends(names, photos, threads, Path(tmp), min_size, max_size, calibration)
         with FlopCounterMode(display=False) as flops:  # the warm-up pass, counted once
             counts = {REFERENCE: [detect[REFERENCE](i) for i in range(n)]}
         counts.update({name: [fn(i) for i in range(n)] for name, fn in detect.items()

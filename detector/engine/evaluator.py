@@ -216,6 +216,25 @@ def predict(
     return out
 
 
+def predict_images(
+    predictor: Any, dataset: Any, label_to_cat_id: Sequence[int], batch_size: int = 8
+) -> Predictions:
+    """Detections of ``predictor`` (a :class:`detector.Predictor`, e.g. an exported file's) on
+    every image of ``dataset`` (a :class:`data.coco.CocoDetection`), decoded from its file and
+    resized by the predictor's own transforms, as COCO results."""
+    chunks: list[np.ndarray] = []
+    image_ids = [dataset.image_id(i) for i in range(len(dataset))]
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        found = predictor.predict_arrays([dataset.load(i)[0] for i in indices])
+        detections = [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels} for d in found]
+        chunks.append(to_coco_array(detections, image_ids[indices.start : indices.stop],
+                                    label_to_cat_id))  # fmt: skip
+    out = Predictions(image_ids=np.asarray(image_ids, dtype=np.int64))
+    out.detections = np.concatenate(chunks) if chunks else np.zeros((0, 7))
+    return out
+
+
 def gather_predictions(local: Predictions) -> Predictions:
     """Merge every rank's predictions; images a padded sampler gave twice are counted once.
 

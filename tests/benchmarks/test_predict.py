@@ -29,11 +29,12 @@ def photos(tmp_path: Path) -> Path:
 
 
 def test_tiny_run(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """onnx asked for but "not installed": left out with a note (and no slow export)."""
+    """onnx and onnx_int8 asked for but "not installed": left out with a note (and no slow
+    export)."""
     monkeypatch.setattr(bench, "find_spec", lambda name: None)
     result = bench.run(
         images=str(photos), n=2, threads=1, repeats=2, min_size=64, max_size=96,
-        backends=("torchvision", "predictor", "onnx"), matmul_size=64,
+        backends=("torchvision", "predictor", "onnx", "onnx_int8"), matmul_size=64,
     )  # fmt: skip
     assert result["notes"] == [
         "onnx left out: onnx, onnxscript, onnxruntime not installed (pip install -e .[export])"
@@ -51,6 +52,7 @@ def test_tiny_run(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert record["ratio"] == record["s_per_image"] / reference
     assert results["torchvision"]["ratio"] == 1.0
     assert result["config"]["threads"] == 1
+    assert result["config"]["calibration"] == ["a.jpg", "b.png"]  # < n + 8 photos: the first
     arithmetic = result["arithmetic"]
     gflop = arithmetic["gflop_per_image"]
     assert gflop == pytest.approx(conv_gflop_per_image(photos, tmp_path / "model"), rel=1e-12)
@@ -120,7 +122,7 @@ def test_compiled_predictor_is_a_second_compiled_model(
         ("predict.n=0", "predict: n, repeats and matmul_size must be >= 1 and threads >= 0, "
          "got 0, 5, 2048, 0"),
         ("predict.backends=[predictor,tflite]", "predict: backends must be among torchvision, "
-         "predictor, onnx, torchscript, predictor_compiled and include torchvision, "
+         "predictor, onnx, onnx_int8, torchscript, predictor_compiled and include torchvision, "
          "got ['predictor', 'tflite']"),
         ("predict.repeats=many", "predict.repeats"),
     ],
@@ -140,3 +142,13 @@ def test_config_defaults_are_the_run_defaults() -> None:
     assert kwargs["backends"] == list(defaults.pop("backends"))
     kwargs.pop("backends")
     assert kwargs == defaults
+
+
+def test_int8_is_calibrated_on_photos_it_is_not_timed_on(tmp_path: Path) -> None:
+    for i in range(12):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(b"")
+    assert [p.name for p in bench.calibration_paths(str(tmp_path), 3)] == [
+        f"{i:02d}.jpg" for i in range(3, 11)
+    ]
+    assert len(bench.calibration_paths(str(tmp_path), 5)) == 8  # 5..11 is 7: the first 8
+    assert bench.calibration_paths(str(tmp_path), 5)[0].name == "00.jpg"

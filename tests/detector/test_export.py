@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from detector import Predictor
 from detector.checkpoint import save_checkpoint
@@ -216,3 +217,91 @@ def test_export_tool_rejects_bad_arguments(tmp_path: Path, capsys, load_tool) ->
     assert tool.main([f"checkpoint={tmp_path / 'm.pt'}", "format=tflite"]) == 2
     err = capsys.readouterr().err
     assert err == "focaldet: config error: format must be one of onnx, torchscript, got 'tflite'\n"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight random photos of several sizes, and a text file the folder listing skips."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("calibration")
+    rng = np.random.default_rng(1)
+    for i, size in enumerate([(200, 180, 3), (150, 260, 3)] * 4):
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.mark.slow
+def test_int8_export_quantises_every_convolution(
+    exported, checkpoint: Path, calibration: Path, load_tool
+) -> None:
+    """``int8=true``: every convolution's weights int8 (one scale per output channel), the
+    rest of the graph and the sidecar as in the float32 file; the detections move a little,
+    not a lot (a random-weight model: docs/benchmarks.md measures the AP of a trained one)."""
+    from detector.export import OnnxPredictor, load_exported
+    from detector.quantize import quantized_fraction
+
+    _, float_path = exported
+    args = [f"checkpoint={checkpoint}", "int8=true", f"calibration={calibration}",
+            "calibration_images=6"]  # fmt: skip
+    assert load_tool("export").main(args) == 0
+    path = checkpoint.with_suffix(".int8.onnx")
+    quantized, convs = quantized_fraction(path)
+    assert quantized == convs == quantized_fraction(float_path)[1] > 40
+    assert quantized_fraction(float_path)[0] == 0
+    assert path.stat().st_size < 0.35 * float_path.stat().st_size  # 1-byte weights, not 4
+    meta, float_meta = (json.loads(Path(f"{p}.json").read_text()) for p in (path, float_path))
+    quantization = meta.pop("quantization")
+    assert meta == float_meta
+    assert quantization["calibration_method"] == "minmax"
+    assert quantization["calibration_images"] == [str(calibration / f"{i}.png") for i in range(6)]
+
+    int8, fp32 = load_exported(path)(_images()), OnnxPredictor(float_path)(_images())
+    assert [len(d) > 0 for d in int8] == [len(d) > 0 for d in fp32] == [True, True, False]
+    for ours, theirs in zip(int8[:2], fp32[:2], strict=True):
+        assert ours.labels[0] == theirs.labels[0]
+        assert box_iou(ours.boxes[:1], theirs.boxes[:1]).item() > 0.95
+        assert ours.scores[0].item() == pytest.approx(theirs.scores[0].item(), abs=0.03)
+        assert ours.scores[0].item() != pytest.approx(theirs.scores[0].item(), abs=1e-4)
+
+
+def test_int8_export_rejects_bad_settings(
+    checkpoint: Path, calibration: Path, tmp_path: Path, capsys, load_tool
+) -> None:
+    tool = load_tool("export")
+    ckpt = f"checkpoint={checkpoint}"
+    cases = [
+        (["int8=true"], "int8=true needs calibration=DIR: a folder of images like those the "
+         "model will see (its validation images, say)"),
+        (["int8=true", "format=torchscript", f"calibration={calibration}"],
+         "int8=true needs format=onnx, got format=torchscript"),
+        (["int8=true", f"calibration={tmp_path / 'none'}"],
+         f"calibration: {tmp_path / 'none'} is not a folder of images"),
+        (["int8=true", f"calibration={tmp_path}"],
+         f"calibration: {tmp_path} holds no image (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)"),
+        (["int8=true", f"calibration={calibration}", "calibration_images=0"],
+         "calibration_images must be >= 1, got 0"),
+        (["int8=true", f"calibration={calibration}", "calibration_method=mse"],
+         "calibration_method must be one of minmax, percentile, entropy, got 'mse'"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert tool.main([ckpt, *args]) == 2, args
+        assert capsys.readouterr().err == f"focaldet: config error: {message}\n"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"\x89PNG broken")
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(SystemExit, match=f"focaldet: calibration image {broken / 'a.png'}: "):
+        tool.main([ckpt, "int8=true", f"calibration={broken}", f"out={tmp_path / 'q.onnx'}"])
+
+
+def test_load_exported_names_what_is_missing(checkpoint: Path, tmp_path: Path) -> None:
+    from detector.checkpoint import CheckpointError
+    from detector.export import is_exported, load_exported
+
+    assert is_exported("a/m.onnx") and is_exported("m.torchscript") and not is_exported("m.pt")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"m\.onnx: its sidecar m\.onnx\.json is missing"):
+        load_exported(model)

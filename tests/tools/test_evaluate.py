@@ -62,6 +62,18 @@ def _reference(checkpoint: Path, root: Path) -> tuple[list[dict], COCOeval]:
     return results, evaluator
 
 
+def assert_same_results(
+    predictions: list[dict], results: list[dict], box_tol: float, score_tol: float
+) -> None:
+    """The same COCO results one by one: image, class, box within ``box_tol`` px, score within
+    ``score_tol``."""
+    key = lambda r: (r["image_id"], r["category_id"], -r["score"])  # noqa: E731
+    for ours, ref in zip(sorted(predictions, key=key), sorted(results, key=key), strict=True):
+        assert (ours["image_id"], ours["category_id"]) == (ref["image_id"], ref["category_id"])
+        assert ours["bbox"] == pytest.approx(ref["bbox"], abs=box_tol)
+        assert ours["score"] == pytest.approx(ref["score"], abs=score_tol)
+
+
 def test_evaluate_matches_pycocotools(
     run_tool: Callable, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -82,11 +94,7 @@ def test_evaluate_matches_pycocotools(
     assert [metrics[k] for k in STATS] == pytest.approx(expected, abs=1e-6)
     # A random-weight model scores ~0 here; the predictions themselves must agree one by one
     # (tests/engine/test_evaluator.py checks non-zero APs against pycocotools).
-    key = lambda r: (r["image_id"], r["category_id"], -r["score"])  # noqa: E731
-    for ours, ref in zip(sorted(predictions, key=key), sorted(results, key=key), strict=True):
-        assert (ours["image_id"], ours["category_id"]) == (ref["image_id"], ref["category_id"])
-        assert ours["bbox"] == pytest.approx(ref["bbox"], abs=1e-3)
-        assert ours["score"] == pytest.approx(ref["score"], abs=1e-6)
+    assert_same_results(predictions, results, box_tol=1e-3, score_tol=1e-6)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
     assert "per-class AP:" in proc.stdout and "  cross" in proc.stdout
     # The report: plots, tables, the F1-maximising threshold (printed and saved), PR curves.
@@ -186,3 +194,41 @@ def test_validation_set_without_boxes_warns_and_says_why(
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["AP"] == -1.0 and metrics["warning"] == NO_GROUND_TRUTH
     assert f"warning: {NO_GROUND_TRUTH}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "export_format", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)]
+)
+def test_evaluate_scores_an_exported_file_as_its_checkpoint(
+    export_format: str, make_checkpoint: Callable, tiny_data: Path, tmp_path: Path, load_tool
+) -> None:
+    """``checkpoint=MODEL.onnx|.torchscript``: the file's detections and AP are the checkpoint's
+    (pycocotools on predictions made image by image, :func:`_reference`), and settings the
+    graph has fixed are refused."""
+    from detector.engine.cli import compose_tool
+    from detector.engine.config import ConfigError
+
+    if export_format == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(module)
+    checkpoint = make_checkpoint(0.005)
+    model = tmp_path / f"model.{export_format}"
+    export = [f"checkpoint={checkpoint}", f"format={export_format}", f"out={model}"]
+    assert load_tool("export").main(export) == 0
+    evaluate = load_tool("evaluate")
+    cfg = compose_tool("evaluate", [f"checkpoint={model}", *_data_args(tiny_data)])
+    metrics = evaluate.run(cfg, tmp_path)
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    results, reference = _reference(checkpoint, tiny_data)
+
+    assert metrics["checkpoint"] == str(model)
+    assert len(predictions) == len(results) == metrics["num_detections"] > 0
+    expected = [v * 100 if v >= 0 else -1 for v in reference.stats]
+    assert [metrics[k] for k in STATS] == pytest.approx(expected, abs=1e-6)
+    assert_same_results(predictions, results, box_tol=0.01, score_tol=1e-4)
+    assert (tmp_path / "pr_curve.png").stat().st_size > 0
+
+    for override in ("postprocess.score_thresh=0.3", "compile=true"):
+        cfg = compose_tool("evaluate", [f"checkpoint={model}", *_data_args(tiny_data), override])
+        with pytest.raises(ConfigError, match=f"^{override.split('=')[0]}: not applicable to"):
+            evaluate.run(cfg, tmp_path)
