@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from detector.labeling import BACKGROUND, AnchorLabeler
 from detector.matcher import Matcher
+from detector.paper.figures import pyplot, save
 from detector.retinanet import DenseOutputs
 from losses.focal import sigmoid_focal_loss_labels
 
@@ -162,11 +163,7 @@ def summary(samples: LossSamples, fraction: float = 0.2) -> str:
 
 def plot(samples: LossSamples, path: str | Path) -> Path:
     """Figure 4's two panels (positive, negative samples): one curve per γ, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, group in zip(axes, GROUPS, strict=True):
@@ -184,8 +181,4 @@ def plot(samples: LossSamples, path: str | Path) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -1,4 +1,5 @@
-"""Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A) from training runs.
+"""Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A) and of the
+imbalance curve (detector/paper/curve.py) from training runs.
 
 Runs (``detector.paper.runs``) are filed under the table their config names (``experiment.name``,
 set by ``configs/experiment/*.yaml``), grouped into rows by their setting, and averaged over
@@ -12,13 +13,24 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.paper.curve import curve_section
+from detector.paper.figures import pyplot, save
 from detector.paper.imbalance import PRIOR, ce_loss_ratio
 from detector.paper.meter import RunReadings, paper_mean_image
-from detector.paper.runs import ReportError, Run, find_runs
+from detector.paper.runs import (
+    ReportError,
+    Row,
+    Run,
+    find_runs,
+    loss_name,
+    mean_std,
+    num,
+    runs_cell,
+)
 
 PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0.99: 28.7,
                     0.999: 25.1}  # fmt: skip
@@ -27,19 +39,6 @@ PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0
 PAPER_AP_TABLE1B = {(0.0, 0.75): 31.1, (0.1, 0.75): 31.4, (0.2, 0.75): 31.9, (0.5, 0.50): 32.9,
                     (1.0, 0.25): 33.7, (2.0, 0.25): 34.0, (5.0, 0.25): 32.2}  # fmt: skip
 """Table 1b of Lin et al. (2017): AP of FL by (γ, α)."""
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _loss_name(p: dict[str, Any]) -> str:
-    if p["fl_star"]:
-        return f"FL* γ={_num(p['gamma'])} β={_num(p['beta'])}"
-    name = "CE" if not p["gamma"] else f"FL γ={_num(p['gamma'])}"
-    return f"{name} α={_num(p['alpha'])}"
 
 
 def _method(p: dict[str, Any]) -> str:
@@ -73,7 +72,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "table1a",
         "Table 1a: α-balanced CE (γ = 0) over α",
-        (("α", lambda p: _num(p["alpha"])), ("γ", lambda p: _num(p["gamma"]))),
+        (("α", lambda p: num(p["alpha"])), ("γ", lambda p: num(p["gamma"]))),
         order=lambda p: (p["alpha"],),
         paper_ap=lambda p: PAPER_AP_TABLE1A.get(p["alpha"]),
         plot=("table1a_ap_vs_alpha.png", "α (CE, γ = 0)"),
@@ -81,7 +80,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "table1b",
         "Table 1b: focal loss over (γ, α)",
-        (("γ", lambda p: _num(p["gamma"])), ("α", lambda p: _num(p["alpha"]))),
+        (("γ", lambda p: num(p["gamma"])), ("α", lambda p: num(p["alpha"]))),
         order=lambda p: (p["gamma"], p["alpha"]),
         paper_ap=lambda p: PAPER_AP_TABLE1B.get((p["gamma"], p["alpha"])),
         plot=("table1b_ap_vs_gamma.png", "γ (with its α)"),
@@ -97,8 +96,8 @@ TABLES: tuple[TableSpec, ...] = (
         "Table 1d: OHEM with CE against FL",
         (
             ("method", _method),
-            ("batch size", lambda p: _num(p["ohem_batch"]) if p["ohem"] else "n/a"),
-            ("nms thr", lambda p: _num(p["ohem_nms"]) if p["ohem"] else "n/a"),
+            ("batch size", lambda p: num(p["ohem_batch"]) if p["ohem"] else "n/a"),
+            ("nms thr", lambda p: num(p["ohem_nms"]) if p["ohem"] else "n/a"),
         ),
         order=lambda p: (
             not p["ohem"],
@@ -110,48 +109,18 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(
         "fl_star",
         "Appendix A: FL* over (γ, β)",
-        (("γ", lambda p: _num(p["gamma"])), ("β", lambda p: _num(p["beta"]))),
+        (("γ", lambda p: num(p["gamma"])), ("β", lambda p: num(p["beta"]))),
         order=lambda p: (p["gamma"], p["beta"]),
     ),
     TableSpec(
         "no_prior",
         "§4.1: classification prior π at initialisation (π = 0.5: bias 0, no prior)",
-        (("loss", _loss_name), ("prior π", lambda p: _num(p["prior_prob"]))),
+        (("loss", loss_name), ("prior π", lambda p: num(p["prior_prob"]))),
         order=lambda p: (p["gamma"], p["prior_prob"]),
         notes="A diverged run stopped on a non-finite loss; it has no AP.",
     ),
 )
 """The reproduced tables, in report order."""
-
-
-@dataclass
-class Row:
-    """One setting of a table and its runs (all seeds)."""
-
-    cells: tuple[str, ...]
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.runs[0].params
-
-    def values(self, metric: str) -> list[float]:
-        return [r.metrics[metric] for r in self.runs if r.metrics is not None]
-
-
-def mean_std(values: Sequence[float]) -> str:
-    """``"m"`` for one value, ``"m ± s"`` (sample std) for more, ``"—"`` for none; 1 decimal."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def _runs_cell(row: Row) -> str:
-    counts = {s: sum(r.status == s for r in row.runs) for s in ("finished", "diverged", "missing")}
-    extra = [f"+{counts[s]} {s}" for s in ("diverged", "missing") if counts[s]]
-    return f"{counts['finished']}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def build_rows(spec: TableSpec, runs: Sequence[Run]) -> list[Row]:
@@ -161,17 +130,7 @@ def build_rows(spec: TableSpec, runs: Sequence[Run]) -> list[Row]:
         if run.params["table"] != spec.name:
             continue
         cells = tuple(cell(run.params) for _, cell in spec.columns)
-        row = rows.setdefault(cells, Row(cells))
-        # A row averages seeds; two runs with one seed differ in a setting the table does not
-        # show (e.g. a sweep with another schedule or gradient clipping in the same folder).
-        twin = next((r for r in row.runs if r.params["seed"] == run.params["seed"]), None)
-        if twin is not None:
-            raise ReportError(
-                f"{twin.path} and {run.path} fill the same row of {spec.name} with the same seed "
-                f"{run.params['seed']}: they differ in a setting the table does not show; "
-                "report their folders separately"
-            )
-        row.runs.append(run)
+        rows.setdefault(cells, Row(cells)).add(run, spec.name)
     return sorted(rows.values(), key=lambda row: spec.order(row.params))
 
 
@@ -195,17 +154,14 @@ def markdown_table(
         if imbalance is not None:
             ratio = imbalance[index]
             cells.append("—" if ratio is None else f"{ratio:,.1f}")
-        cells.append(_runs_cell(row))
+        cells.append(runs_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_table(spec: TableSpec, rows: Sequence[Row], path: Path) -> Path:
     """AP (mean ± std over seeds) per row against the row's setting, with the paper's AP."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     assert spec.plot is not None
     labels = [" ".join(row.cells) if len(row.cells) == 1 else "\n".join(row.cells) for row in rows]
@@ -224,11 +180,7 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: Path) -> Path:
     ax.set_title(spec.title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write_hparams(runs: Sequence[Run], runs_dir: Path, log_dir: Path) -> int:
@@ -323,6 +275,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, meter_images: int = 
             if spec.plot is not None:
                 plot = plot_table(spec, rows, out_dir / f"{prefix}{spec.plot[0]}")
                 parts += ["", f"![{title}]({plot.name})"]
+    parts += curve_section(runs, readings, out_dir)
     count = write_hparams(runs, runs_dir, out_dir / "tensorboard")
     parts += [
         "",

@@ -8,7 +8,9 @@ loss) is read from its config by the classes its ``_target_``s name, never from 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,63 @@ def find_runs(runs_dir: str | Path) -> list[Run]:
         if ".hydra" not in path.parent.parts
     ]
     return [r for r in runs if r.params["table"] is not None]
+
+
+def num(value: Any) -> str:
+    """A setting as a table cell: ``none``, or the shortest float spelling."""
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def loss_name(p: dict[str, Any]) -> str:
+    """A run's loss in words: ``CE α=0.25``, ``FL γ=2 α=0.25``, ``FL* γ=2 β=1``."""
+    if p["fl_star"]:
+        return f"FL* γ={num(p['gamma'])} β={num(p['beta'])}"
+    name = "CE" if not p["gamma"] else f"FL γ={num(p['gamma'])}"
+    return f"{name} α={num(p['alpha'])}"
+
+
+@dataclass
+class Row:
+    """One setting of a table and its runs (all seeds)."""
+
+    cells: tuple[str, ...]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.runs[0].params
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.runs if r.metrics is not None]
+
+    def add(self, run: Run, table: str) -> None:
+        """Add ``run`` (a seed of this row of ``table``); a :class:`ReportError` naming both
+        folders when the row has that seed already."""
+        # A row averages seeds; two runs with one seed differ in a setting the table does not
+        # show (e.g. a sweep with another schedule or gradient clipping in the same folder).
+        twin = next((r for r in self.runs if r.params["seed"] == run.params["seed"]), None)
+        if twin is not None:
+            raise ReportError(
+                f"{twin.path} and {run.path} fill the same row of {table} with the same seed "
+                f"{run.params['seed']}: they differ in a setting the table does not show; "
+                "report their folders separately"
+            )
+        self.runs.append(run)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``"m"`` for one value, ``"m ± s"`` (sample std) for more, ``"—"`` for none; 1 decimal."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def runs_cell(row: Row) -> str:
+    """Finished runs of ``row``, and how many diverged or are missing."""
+    counts = {s: sum(r.status == s for r in row.runs) for s in ("finished", "diverged", "missing")}
+    extra = [f"+{counts[s]} {s}" for s in ("diverged", "missing") if counts[s]]
+    return f"{counts['finished']}" + (f" ({', '.join(extra)})" if extra else "")

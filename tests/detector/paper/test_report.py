@@ -266,3 +266,57 @@ def test_runs_whose_data_cannot_be_rebuilt_say_why(runs: Path, tmp_path: Path) -
     # The first row of the first table is α = .1 (run 1a/5); its config has no data node.
     line = f"Imbalance meter: not measured: {runs / '1a/5/config.yaml'}: Missing key data"
     assert line in report.splitlines()
+
+
+def test_the_imbalance_curve_is_ap_against_the_meter_reading(tmp_path: Path) -> None:
+    """Runs of +experiment=imbalance_curve on two settings of the dial: one table row per
+    setting, ordered by the meter's reading of its data (no α; measured independently here),
+    AP mean ± std over seeds per loss, and the plot."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from data.synthetic import ensure_synthetic
+    from detector.engine.config import register_resolvers
+    from detector.paper.imbalance import ce_loss_ratio, sum_counts
+    from detector.paper.meter import config_counts
+
+    register_resolvers()
+    runs, ratios = tmp_path / "runs", {}
+    losses = {"{gamma:2.0,alpha:0.25}": 40.0, "{gamma:0.0,alpha:0.25}": 20.0,
+              "{gamma:0.0,alpha:0.75}": 30.0}  # fmt: skip
+    for absent in (6, 0):  # the more imbalanced first: the table sorts by the reading
+        data = tmp_path / f"synthetic{absent}"
+        ensure_synthetic(data, seed=0, num_train=4, num_val=2, absent_classes=absent)
+        for (loss, base), seed in ((item, s) for item in losses.items() for s in (0, 1)):
+            overrides = [
+                f"data.root={data}", "data.generate.num_train=4", "data.generate.num_val=2",
+                f"data.generate.absent_classes={absent}", "+experiment=imbalance_curve",
+                f"loss={loss}", f"train.seed={seed}",
+            ]  # fmt: skip
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                cfg = compose(config_name="train", overrides=overrides)
+            OmegaConf.update(cfg, "model.head.num_classes", 5 + absent, merge=False)
+            folder = runs / f"a{absent}_{loss}_{seed}"
+            folder.mkdir(parents=True)
+            OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+            result = ap(base + absent + 2 * seed, 70.0, 40.0)
+            (folder / "metrics.json").write_text(json.dumps(result))
+            if seed == 0:
+                ratios[absent] = ce_loss_ratio(sum_counts(config_counts(cfg, 4)[0]))
+    assert ratios[0] < ratios[6]
+    report = write_report(runs, tmp_path / "out", meter_images=4).read_text()
+    table = section(report, "The imbalance curve: AP against the imbalance")
+    assert table[0] == (
+        "| data | neg:pos (no α) | AP, CE α=0.25 | AP, CE α=0.75 | AP, FL γ=2 α=0.25 | runs |"
+    )
+    # AP base + absent + 2·seed over seeds 0, 1: mean base + absent + 1, std √2.
+    assert table[2] == (
+        f"| `{tmp_path / 'synthetic0'}` | {ratios[0]:,.1f} | 21.0 ± 1.4 | 31.0 ± 1.4 "
+        "| 41.0 ± 1.4 | 2, 2, 2 |"
+    )
+    assert table[3] == (
+        f"| `{tmp_path / 'synthetic6'}` | {ratios[6]:,.1f} | 27.0 ± 1.4 | 37.0 ± 1.4 "
+        "| 47.0 ± 1.4 | 2, 2, 2 |"
+    )
+    assert "![AP against the imbalance](imbalance_curve.png)" in report
+    assert (tmp_path / "out" / "imbalance_curve.png").stat().st_size > 0
