@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.focaldet-installed
 
-.PHONY: demo test lint install clean paper
+.PHONY: demo test lint install clean paper curve
 
 # `make paper`: Table 1a and 1b in the paper's imbalance regime (configs/experiment/paper_*.yaml,
 # data=synthetic_paper), then the report. SEEDS=2 runs seeds 0 and 1 (SEED_LIST=1 runs seed 1
@@ -13,6 +13,9 @@ STAMP := $(VENV)/.focaldet-installed
 SEEDS ?= 1
 SEED_LIST ?= $(shell seq 0 $$(($(SEEDS) - 1)))
 PAPER_OUT ?= multirun/paper
+# `make curve`: the imbalance curve (configs/experiment/imbalance_curve.yaml: 6 dial settings × 3
+# losses per seed), then the report with its plot; SEEDS, SEED_LIST and ARGS as for `make paper`.
+CURVE_OUT ?= multirun/imbalance_curve
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "focaldet needs Python 3.10 or newer")'
@@ -40,6 +43,14 @@ paper: $(STAMP)
 	done; done
 	$(PY) tools/report.py runs=$(PAPER_OUT) out=$(PAPER_OUT)/report
 	@echo "paper regime: tables in $(PAPER_OUT)/report/report.md, plots in $(PAPER_OUT)/report/*.png, runs in $(PAPER_OUT)/table1{a,b}/seed*/"
+
+curve: $(STAMP)
+	set -e; for seed in $(SEED_LIST); do \
+		$(PY) tools/train.py -m +experiment=imbalance_curve train.seed=$$seed train.progress=false \
+			hydra.sweep.dir=$(CURVE_OUT)/seed$$seed $(ARGS); \
+	done
+	$(PY) tools/report.py runs=$(CURVE_OUT) out=$(CURVE_OUT)/report
+	@echo "imbalance curve: table in $(CURVE_OUT)/report/report.md, plot in $(CURVE_OUT)/report/imbalance_curve.png"
 
 clean:
 	rm -rf $(VENV) outputs multirun
