@@ -23,6 +23,11 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 """File suffixes taken as images when a folder is listed (tools/infer.py, the benchmarks)."""
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images directly inside ``folder`` (by :data:`IMAGE_SUFFIXES`), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 class ImageDecodeError(OSError):
     """An image file exists but cannot be decoded by OpenCV or PIL, or is a truncated JPEG."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from data.decode import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from data.decode import IMAGE_SUFFIXES, ImageDecodeError, image_files, read_image
 from detector.export import export, pad_batch
 from detector.predictor import Predictor
 
@@ -38,7 +38,7 @@ def calibration_images(folder: str | Path, limit: int) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"calibration: {folder} is not a folder of images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     if not paths:
         raise ValueError(
             f"calibration: {folder} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from data.decode import IMAGE_SUFFIXES, ImageDecodeError, read_image
+from data.decode import IMAGE_SUFFIXES, ImageDecodeError, image_files, read_image
 from detector.checkpoint import CheckpointError
 from detector.engine.cli import CONFIG_DIR, preflight_argv
 from detector.engine.compile import compile_network
@@ -45,7 +45,7 @@ def list_images(path: Path) -> list[Path]:
     """``path`` itself, or the images directly inside the folder ``path`` (sorted)."""
     if path.is_file():
         return [path]
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(path)
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
     return images

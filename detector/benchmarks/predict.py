@@ -56,7 +56,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from data.decode import IMAGE_SUFFIXES, read_image
+from data.decode import image_files, read_image
 from data.shared import RACCOON
 from detector.benchmarks.common import machine, markdown_table, matmul_gflops, time_steps
 from detector.benchmarks.model import CLS_WEIGHT_STD, DETECTIONS_PER_IMG, SEED
@@ -109,7 +109,7 @@ def photo_paths(images: str, n: int) -> list[Path]:
     folder = Path(images) if images else RACCOON_IMAGES
     if not folder.is_dir():
         raise ValueError(f"images: {folder} is not a folder (set FOCALDET_SHARED or pass images=)")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     if len(paths) < n:
         raise ValueError(f"images: {folder} holds {len(paths)} photos, fewer than n={n}")
     return paths
