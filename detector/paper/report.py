@@ -1,5 +1,6 @@
-"""Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A) and of the
-imbalance curve (detector/paper/curve.py) from training runs.
+"""Tables and plots of the paper's loss comparisons (Table 1a–d, Appendix A), of the
+imbalance curve (detector/paper/curve.py) and of the schedule study (detector/paper/schedule.py)
+from training runs.
 
 Runs (``detector.paper.runs``) are filed under the table their config names (``experiment.name``,
 set by ``configs/experiment/*.yaml``), grouped into rows by their setting, and averaged over
@@ -31,6 +32,7 @@ from detector.paper.runs import (
     num,
     runs_cell,
 )
+from detector.paper.schedule import schedule_section
 
 PAPER_AP_TABLE1A = {0.10: 0.0, 0.25: 10.8, 0.50: 30.2, 0.75: 31.1, 0.90: 30.8, 0.99: 28.7,
                     0.999: 25.1}  # fmt: skip
@@ -248,11 +250,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, meter_images: int = 
     )
     # Runs on different datasets or schedules never share a table; where the folder holds
     # several, each table's title and plot name say which one it is.
-    settings = sorted({(r.params["data"], r.params["max_iter"]) for r in runs}, key=str)
+    names = {spec.name for spec in TABLES}
+    table_runs = [r for r in runs if r.params["table"] in names]
+    settings = sorted({(r.params["data"], r.params["max_iter"]) for r in table_runs}, key=str)
     several_data = len({data for data, _ in settings}) > 1
     several_iters = len({iters for _, iters in settings}) > 1
     for data, iters in settings:
-        group = [r for r in runs if (r.params["data"], r.params["max_iter"]) == (data, iters)]
+        group = [r for r in table_runs if (r.params["data"], r.params["max_iter"]) == (data, iters)]
         where = ([f"on `{data}`"] if several_data else []) + (
             [f"{iters} iterations"] if several_iters else []
         )
@@ -276,6 +280,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, meter_images: int = 
                 plot = plot_table(spec, rows, out_dir / f"{prefix}{spec.plot[0]}")
                 parts += ["", f"![{title}]({plot.name})"]
     parts += curve_section(runs, readings, out_dir)
+    parts += schedule_section(runs, out_dir)
     count = write_hparams(runs, runs_dir, out_dir / "tensorboard")
     parts += [
         "",

@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 # The paper-regime tables keep the names of the tables they repeat (tools/report.py reads them)
 # and sweep one seed by default (`make paper SEEDS=2` adds the second).
 NAMES = {"paper_table1a": "table1a", "paper_table1b": "table1b"}
-ONE_SEED = {"paper_table1a", "paper_table1b", "imbalance_curve"}
+ONE_SEED = {"paper_table1a", "paper_table1b", "paper_schedule", "imbalance_curve"}
 
 
 @functools.cache
@@ -40,8 +40,8 @@ def sweep_configs(experiment: str) -> tuple[DictConfig, ...]:
 
 def test_every_experiment_is_tested() -> None:
     assert EXPERIMENTS == [
-        "fl_star", "imbalance_curve", "no_prior", "paper_table1a", "paper_table1b",
-        "table1a", "table1b", "table1c", "table1d",
+        "fl_star", "imbalance_curve", "no_prior", "paper_schedule", "paper_table1a",
+        "paper_table1b", "table1a", "table1b", "table1c", "table1d",
     ]  # fmt: skip
 
 
@@ -135,6 +135,14 @@ def test_paper_tables_run_the_paper_rows_in_the_paper_regime() -> None:
         for cfg in sweep_configs(experiment):
             assert dial(cfg) == PAPER_REGIME
             assert cfg.data.root == "datasets/synthetic_k5_a75_s256_o3"
+
+
+def test_schedule_trains_the_best_paper_rows_longer_and_evaluates_along_the_way() -> None:
+    got = settings("paper_schedule", lambda c: (c.loss.gamma, c.loss.alpha))
+    assert got == [(0.0, 0.75), (2.0, 0.75)]
+    for cfg in sweep_configs("paper_schedule"):
+        assert dial(cfg) == PAPER_REGIME
+        assert (cfg.train.max_iter, cfg.train.eval_period) == (800, 200)
 
 
 def test_imbalance_curve_crosses_losses_with_dial_settings() -> None:

@@ -320,3 +320,51 @@ def test_the_imbalance_curve_is_ap_against_the_meter_reading(tmp_path: Path) -> 
     )
     assert "![AP against the imbalance](imbalance_curve.png)" in report
     assert (tmp_path / "out" / "imbalance_curve.png").stat().st_size > 0
+
+
+def write_evaluations(run: Path, aps: dict[int, float]) -> None:
+    """A results.csv as training writes it: log rows without AP, evaluation rows with it."""
+    lines = ["iteration,loss/total,val/AP,val/AP50"]
+    for iteration in range(100, max(aps, default=200) + 1, 100):
+        ap_cell = f"{aps[iteration]},{aps[iteration] + 20}" if iteration in aps else ","
+        lines.append(f"{iteration},1.5,{ap_cell}")
+    (run / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_schedule_study_is_ap_against_iterations(tmp_path: Path) -> None:
+    """Runs of +experiment=paper_schedule: one row per loss (CE first), AP mean ± std over the
+    seeds at each evaluated iteration; a diverged run has no line; other runs beside them keep
+    their tables and titles."""
+    runs = tmp_path / "runs"
+    curves = {
+        ("fl", 0): {200: 10.0, 400: 30.0}, ("fl", 1): {200: 14.0, 400: 34.0},
+        ("ce", 0): {200: 20.0, 400: 25.0}, ("ce", 1): {200: 22.0, 400: 27.0},
+    }  # fmt: skip
+    for (loss, seed), aps in curves.items():
+        run = runs / f"{loss}{seed}"
+        cls_loss = focal(0.75, 2.0 if loss == "fl" else 0.0)
+        write_run(run, "paper_schedule", seed, cls_loss, ap(aps[400], 0.0, 0.0), max_iter=400)
+        write_evaluations(run, aps)
+    write_run(runs / "ce2", "paper_schedule", 2, focal(0.75, 0.0), {"diverged": True}, max_iter=400)
+    write_run(runs / "t1a", "table1a", 0, focal(0.25, 0.0), ap(10.0, 20.0, 9.0), max_iter=200)
+    report = write_report(runs, tmp_path / "out", meter_images=0).read_text()
+    assert section(report, "The schedule: AP against iterations") == [
+        "| loss | AP at 200 | AP at 400 | runs |",
+        "|---|---:|---:|---:|",
+        "| CE α=0.75 | 21.0 ± 1.4 | 26.0 ± 1.4 | 2 (+1 diverged) |",
+        "| FL γ=2 α=0.75 | 12.0 ± 2.8 | 32.0 ± 2.8 | 2 |",
+    ]
+    assert "![The schedule: AP against iterations](schedule_ap_vs_iteration.png)" in report
+    assert (tmp_path / "out" / "schedule_ap_vs_iteration.png").stat().st_size > 0
+    # The schedule's runs do not make the tables' schedules differ.
+    assert "## Table 1a: α-balanced CE (γ = 0) over α" in report
+
+
+def test_a_schedule_run_without_evaluations_is_named(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs / "a", "paper_schedule", 0, focal(0.75, 0.0), ap(1.0, 2.0, 3.0), max_iter=400)
+    with pytest.raises(ReportError, match=r"a/results.csv: missing"):
+        write_report(runs, tmp_path / "out", meter_images=0)
+    write_evaluations(runs / "a", {})
+    with pytest.raises(ReportError, match=r"a/results.csv: no evaluation"):
+        write_report(runs, tmp_path / "out", meter_images=0)
