@@ -7,8 +7,9 @@ Keys (configs/report.yaml): ``runs`` the folder of runs, ``out`` the report fold
 table row's data (0: no meter column). Reads every run under RUNS_DIR (``config.yaml`` +
 ``metrics.json``, as ``tools/train.py -m +experiment=...`` leaves them), and writes to DIR:
 ``report.md`` with Table 1a–d, Appendix A and the prior ablation in the paper's layout (mean ± std
-over seeds, the paper's AP beside ours, each row's imbalance meter reading), AP plots as PNG,
-and TensorBoard HParams under ``DIR/tensorboard``. See docs/reproduction.md.
+over seeds, the paper's AP beside ours, each row's imbalance meter reading), the imbalance
+curve (AP against the meter's reading) and the schedule study (AP against iterations), AP plots
+as PNG, and TensorBoard HParams under ``DIR/tensorboard``. See docs/reproduction.md.
 """
 
 from __future__ import annotations
