@@ -10,7 +10,6 @@ marked for scale.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from detector.paper.figures import pyplot, save
 from detector.paper.imbalance import ce_loss_ratio
 from detector.paper.meter import RunReadings, paper_mean_image
-from detector.paper.runs import Row, Run, loss_name, mean_std, runs_cell
+from detector.paper.runs import Row, Run, error_bar, loss_name, mean_std, runs_cell
 
 EXPERIMENT = "imbalance_curve"
 PLOT = "imbalance_curve.png"
@@ -82,8 +81,7 @@ def plot_curve(settings: Sequence[Setting], path: Path) -> Path:
         if not points:
             continue
         x = [p[0] for p in points]
-        means = [statistics.mean(v) for _, v in points]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
+        means, stds = zip(*(error_bar(v) for _, v in points), strict=True)
         ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=name)
     paper = ce_loss_ratio(paper_mean_image())
     ax.axvline(paper, color="grey", linestyle=":", label=f"the paper's setting ({paper:.0f})")

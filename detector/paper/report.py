@@ -12,7 +12,6 @@ A run whose ``metrics.json`` says ``"diverged": true`` or is missing is counted 
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from detector.paper.runs import (
     ReportError,
     Row,
     Run,
+    error_bar,
     find_runs,
     loss_name,
     mean_std,
@@ -168,8 +168,8 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: Path) -> Path:
     assert spec.plot is not None
     labels = [" ".join(row.cells) if len(row.cells) == 1 else "\n".join(row.cells) for row in rows]
     x = list(range(len(rows)))
-    means = [statistics.mean(v) if (v := row.values("AP")) else float("nan") for row in rows]
-    stds = [statistics.stdev(v) if len(v := row.values("AP")) > 1 else 0.0 for row in rows]
+    bars = [error_bar(v) if (v := row.values("AP")) else (float("nan"), 0.0) for row in rows]
+    means, stds = zip(*bars, strict=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label="focaldet (mean ± std)")
     if spec.paper_ap is not None:

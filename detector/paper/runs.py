@@ -182,6 +182,11 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def error_bar(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std of ``values`` (std 0 for a single value), for a plot's error bar."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def runs_cell(row: Row) -> str:
     """Finished runs of ``row``, and how many diverged or are missing."""
     counts = {s: sum(r.status == s for r in row.runs) for s in ("finished", "diverged", "missing")}

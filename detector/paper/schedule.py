@@ -10,12 +10,19 @@ report shows whether one loss only starts slower or ends lower.
 from __future__ import annotations
 
 import csv
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from detector.paper.figures import pyplot, save
-from detector.paper.runs import ReportError, Row, Run, loss_name, mean_std, runs_cell
+from detector.paper.runs import (
+    ReportError,
+    Row,
+    Run,
+    error_bar,
+    loss_name,
+    mean_std,
+    runs_cell,
+)
 
 EXPERIMENT = "paper_schedule"
 PLOT = "schedule_ap_vs_iteration.png"
@@ -50,14 +57,23 @@ def schedule_rows(runs: Sequence[Run]) -> list[Row]:
     return sorted(rows.values(), key=lambda r: (r.params["gamma"] or 0.0, r.params["alpha"] or 0.0))
 
 
-def finished_curves(row: Row) -> list[dict[int, float]]:
+Curves = list[dict[int, float]]
+"""The evaluations (iteration → AP) of each finished run of a row."""
+
+
+def finished_curves(row: Row) -> Curves:
     """The evaluations of each finished run of ``row`` (a diverged run has no line)."""
     return [evaluations(run) for run in row.runs if run.metrics is not None]
 
 
-def schedule_table(rows: Sequence[Row]) -> str:
+def by_iteration(curves: Curves) -> dict[int, list[float]]:
+    """Iteration → the AP of each run that evaluated there, in iteration order."""
+    iterations = sorted({i for curve in curves for i in curve})
+    return {i: [c[i] for c in curves if i in c] for i in iterations}
+
+
+def schedule_table(rows: Sequence[Row], curves: Sequence[Curves]) -> str:
     """One row per loss: AP (mean ± std over seeds) at each evaluated iteration."""
-    curves = [finished_curves(row) for row in rows]
     iterations = sorted({i for runs in curves for curve in runs for i in curve})
     header = ["loss", *(f"AP at {i}" for i in iterations), "runs"]
     out = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -67,20 +83,17 @@ def schedule_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def plot_schedule(rows: Sequence[Row], path: Path) -> Path:
+def plot_schedule(rows: Sequence[Row], curves: Sequence[Curves], path: Path) -> Path:
     """AP (mean ± std over seeds) against iterations, one line per loss."""
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for row in rows:
-        runs = finished_curves(row)
-        iterations = sorted({i for curve in runs for i in curve})
-        if not iterations:
+    for row, runs in zip(rows, curves, strict=True):
+        points = by_iteration(runs)
+        if not points:
             continue
-        values = [[c[i] for c in runs if i in c] for i in iterations]
-        means = [statistics.mean(v) for v in values]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        ax.errorbar(iterations, means, yerr=stds, marker="o", capsize=3, label=row.cells[0])
+        means, stds = zip(*(error_bar(v) for v in points.values()), strict=True)
+        ax.errorbar(list(points), means, yerr=stds, marker="o", capsize=3, label=row.cells[0])
     ax.set_xlabel("iteration")
     ax.set_ylabel("AP (mean ± std over seeds)")
     ax.set_title("AP against iterations")
@@ -97,14 +110,15 @@ def schedule_section(runs: Sequence[Run], out_dir: Path) -> list[str]:
         return []
     iters = sorted({row.params["max_iter"] for row in rows}, key=str)
     title = "The schedule: AP against iterations"
-    parts = ["", f"## {title}", "", schedule_table(rows)]
+    curves = [finished_curves(row) for row in rows]  # each results.csv read once
+    parts = ["", f"## {title}", "", schedule_table(rows, curves)]
     parts += [
         "",
         f"Schedule of {', '.join(map(str, iters))} iterations; the lr drops at the same "
         "fractions of it as in the tables, so AP midway is taken before the drops. `runs`: "
         "finished runs.",
     ]
-    if any(finished_curves(row) for row in rows):
-        plot = plot_schedule(rows, out_dir / PLOT)
+    if any(curves):
+        plot = plot_schedule(rows, curves, out_dir / PLOT)
         parts += ["", f"![{title}]({plot.name})"]
     return parts
