@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from importlib.util import find_spec
@@ -45,6 +46,8 @@ from detector.checkpoint import CheckpointError
 from detector.postprocess import RetinaNetPostProcessor
 from detector.predictor import Detections, Predictor
 from detector.retinanet import DenseOutputs, RetinaNet
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -280,6 +283,8 @@ class ExportedPredictor(Predictor):
         self.transforms = build_transforms(self.transform_nodes, train=False)
         self.amp = None
         self.batch_size = int(batch_size)
+        self.quantization = meta.get("quantization")
+        """The sidecar's ``quantization`` entry of an int8 file (detector/quantize.py), or None."""
 
     def _run(self, images: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Sequence[Any]:
         """The exported model's four outputs (module docstring) for one batch."""
@@ -327,6 +332,15 @@ class OnnxPredictor(ExportedPredictor):
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
+        if self.quantization and not self.quantization.get("reduce_range", False):
+            from detector.quantize import int8_saturates
+
+            if int8_saturates():
+                logger.warning(
+                    "%s: its int8 weights use the full 8-bit range, which this CPU (x86 without "
+                    "VNNI) adds in 16 bits with saturation, so its scores and boxes can be wrong; "
+                    "export it again with reduce_range=true", path,
+                )  # fmt: skip
 
     def _run(self, images: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Sequence[Any]:
         feeds = {"images": images.numpy(), "image_sizes": image_sizes.numpy(),

@@ -12,11 +12,21 @@ A convolution is some 95 % of a RetinaNet's arithmetic, and CPUs with 8-bit dot 
 (AVX-512 VNNI, AVX-VNNI, Arm's dot-product instructions) run it several times faster than
 float32; the price is a small change in every score and box, measured in docs/benchmarks.md.
 Calibrate on images like those the model will see (its validation images are a good choice).
+
+Where the file will run matters. x86 CPUs without VNNI (AMD before Zen 4, Intel before Cascade
+Lake and Ice Lake) multiply uint8 inputs by int8 weights with ``VPMADDUBSW``, which adds each
+pair of products in 16 bits and saturates: two products of 255 × 127 overflow the int16 range,
+and the convolution's sum is silently wrong. ``reduce_range`` keeps the weights within ±64,
+where a pair (at most 2 × 255 × 64 = 32,640) always fits; it costs one bit of weight precision.
+VNNI (AVX-512 VNNI, AVX-VNNI) and Arm's dot products add in 32 bits and need no reduction. The
+default follows the CPU that exports (:func:`int8_saturates`); a file made elsewhere warns when
+it is loaded on a CPU where it can saturate (:class:`detector.export.OnnxPredictor`).
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +40,33 @@ from detector.predictor import Predictor
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 """Our name → ONNX Runtime's ``CalibrationMethod``."""
+
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+"""The /proc/cpuinfo flags of x86's 8-bit dot products that add in 32 bits."""
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The flags of the first CPU in /proc/cpuinfo, or None where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def int8_saturates(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """Whether ONNX Runtime's int8 convolutions can saturate with full-range int8 weights on the
+    CPU of ``flags`` (/proc/cpuinfo's) and ``machine`` (``platform.machine()``), by default this
+    one: x86 without VNNI. An x86 CPU whose flags cannot be read counts as one that saturates."""
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False  # Arm's dot products (and anything else) add in 32 bits
+    flags = cpu_flags() if flags is None else flags
+    return flags is None or not flags & VNNI_FLAGS
 
 
 def calibration_images(folder: str | Path, limit: int) -> list[Path]:
@@ -72,9 +109,11 @@ def quantize(
     calibration: Sequence[Path],
     method: str = "minmax",
     opset: int = 18,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Write ``out``, the int8 ONNX file of ``predictor``'s model calibrated on the images
-    ``calibration``, and its sidecar ``out`` + ``.json``."""
+    ``calibration``, and its sidecar ``out`` + ``.json``. ``reduce_range``: weights within ±64
+    (module docstring); None: where this CPU would saturate without it."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -91,6 +130,8 @@ def quantize(
     if not calibration:
         raise ValueError("calibration: no image to calibrate on")
     check_readable(calibration)
+    if reduce_range is None:
+        reduce_range = int8_saturates()
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -109,12 +150,14 @@ def quantize(
         quantize_static(
             str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"], per_channel=True, weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QUInt8, reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
         )  # fmt: skip
         meta = json.loads(Path(f"{float_model}.json").read_text())
+    weights = "int8 within ±64 (7 bits)" if reduce_range else "int8"
     meta["quantization"] = {
-        "weights": "int8, one scale per output channel (convolutions)",
+        "weights": f"{weights}, one scale per output channel (convolutions)",
+        "reduce_range": reduce_range,
         "activations": "uint8, one scale and zero point per tensor (convolution inputs)",
         "calibration_method": method,
         "calibration_images": [str(p) for p in calibration],

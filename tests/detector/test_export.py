@@ -243,19 +243,25 @@ def test_int8_export_quantises_every_convolution(
     from detector.quantize import quantized_fraction
 
     _, float_path = exported
+    # reduce_range=true: weights within ±64, whose products cannot saturate on any x86 CPU, so
+    # the comparison below holds on every machine (full-range weights: the next test).
     args = [f"checkpoint={checkpoint}", "int8=true", f"calibration={calibration}",
-            "calibration_images=6"]  # fmt: skip
+            "calibration_images=6", "reduce_range=true"]  # fmt: skip
     assert load_tool("export").main(args) == 0
     path = checkpoint.with_suffix(".int8.onnx")
     quantized, convs = quantized_fraction(path)
     assert quantized == convs == quantized_fraction(float_path)[1] > 40
     assert quantized_fraction(float_path)[0] == 0
+    assert _int8_weight_range(path) == (-64, 64)
     assert path.stat().st_size < 0.35 * float_path.stat().st_size  # 1-byte weights, not 4
     meta, float_meta = (json.loads(Path(f"{p}.json").read_text()) for p in (path, float_path))
     quantization = meta.pop("quantization")
     assert meta == float_meta
     assert quantization["calibration_method"] == "minmax"
     assert quantization["calibration_images"] == [str(calibration / f"{i}.png") for i in range(6)]
+    assert quantization["reduce_range"] is True
+    assert quantization["weights"] == "int8 within ±64 (7 bits), one scale per output channel " \
+        "(convolutions)"  # fmt: skip
 
     int8, fp32 = load_exported(path)(_images()), OnnxPredictor(float_path)(_images())
     assert [len(d) > 0 for d in int8] == [len(d) > 0 for d in fp32] == [True, True, False]
@@ -264,6 +270,77 @@ def test_int8_export_quantises_every_convolution(
         assert box_iou(ours.boxes[:1], theirs.boxes[:1]).item() > 0.95
         assert ours.scores[0].item() == pytest.approx(theirs.scores[0].item(), abs=0.03)
         assert ours.scores[0].item() != pytest.approx(theirs.scores[0].item(), abs=1e-4)
+
+
+def _int8_weight_range(path: Path) -> tuple[int, int]:
+    """The smallest and largest int8 weight of the ONNX file ``path``."""
+    import onnx
+    from onnx.numpy_helper import to_array
+
+    weights = [to_array(i) for i in onnx.load(str(path)).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8]  # fmt: skip
+    return min(int(w.min()) for w in weights), max(int(w.max()) for w in weights)
+
+
+@pytest.mark.slow
+def test_int8_export_follows_the_cpu_that_exports(
+    checkpoint: Path, calibration: Path, tmp_path: Path, load_tool, monkeypatch, caplog
+) -> None:
+    """Without ``reduce_range``, a CPU whose int8 products add in 32 bits (VNNI) gets full-range
+    weights; loading that file where products saturate (x86 without VNNI) warns, naming it."""
+    import detector.quantize
+    from detector.export import OnnxPredictor
+
+    monkeypatch.setattr(detector.quantize, "int8_saturates", lambda: False)
+    out = tmp_path / "full.int8.onnx"
+    args = [f"checkpoint={checkpoint}", "int8=true", f"calibration={calibration}",
+            "calibration_images=2", f"out={out}"]  # fmt: skip
+    assert load_tool("export").main(args) == 0
+    assert _int8_weight_range(out) == (-127, 127)
+    quantization = json.loads(Path(f"{out}.json").read_text())["quantization"]
+    assert quantization["reduce_range"] is False
+    assert quantization["weights"] == "int8, one scale per output channel (convolutions)"
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "detector.export"]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="detector.export"):
+        OnnxPredictor(out)
+        assert warnings() == []
+        monkeypatch.setattr(detector.quantize, "int8_saturates", lambda: True)
+        OnnxPredictor(out)
+    assert warnings() == [
+        f"{out}: its int8 weights use the full 8-bit range, which this CPU (x86 without VNNI) "
+        "adds in 16 bits with saturation, so its scores and boxes can be wrong; export it "
+        "again with reduce_range=true"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "saturates"),
+    [
+        ({"sse4_2", "avx2", "fma"}, "x86_64", True),  # Zen 3, Skylake client
+        ({"avx2", "avx512f", "avx512bw"}, "x86_64", True),  # Skylake-SP: AVX-512 without VNNI
+        ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", False),  # Cascade Lake, Zen 4 and 5
+        ({"avx2", "avx_vnni"}, "AMD64", False),  # Alder Lake
+        (None, "x86_64", True),  # flags unknown (macOS, Windows): assume the worst
+        (None, "aarch64", False),
+        (None, "arm64", False),
+    ],
+)
+def test_int8_saturates(flags, machine: str, saturates: bool) -> None:
+    from detector.quantize import int8_saturates
+
+    flags = None if flags is None else frozenset(flags)
+    if flags is None and machine.startswith("x86"):
+        import detector.quantize
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(detector.quantize, "cpu_flags", lambda: None)
+            assert int8_saturates(None, machine) is saturates
+    else:
+        assert int8_saturates(flags, machine) is saturates
 
 
 def test_int8_export_rejects_bad_settings(
@@ -284,6 +361,7 @@ def test_int8_export_rejects_bad_settings(
          "calibration_images must be >= 1, got 0"),
         (["int8=true", f"calibration={calibration}", "calibration_method=mse"],
          "calibration_method must be one of minmax, percentile, entropy, got 'mse'"),
+        (["reduce_range=true"], "reduce_range applies to int8=true only"),
     ]  # fmt: skip
     for args, message in cases:
         assert tool.main([ckpt, *args]) == 2, args
