@@ -137,6 +137,25 @@ def test_paper_tables_run_the_paper_rows_in_the_paper_regime() -> None:
             assert cfg.data.root == "datasets/synthetic_k5_a75_s256_o3"
 
 
+def test_paper_regime_at_twice_the_resolution() -> None:
+    """``data=synthetic_paper_512``: the paper regime's dial with 512-px images, trained and
+    evaluated at a short side of 384 (twice 192), in a dataset folder of its own."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["+experiment=paper_table1a",
+                                                      "data=synthetic_paper_512"])  # fmt: skip
+    assert dial(cfg) == {**PAPER_REGIME, "image_size": 512}
+    assert cfg.data.root == "datasets/synthetic_k5_a75_s512_o3"
+    assert cfg.experiment.name == "table1a"
+    for split in (cfg.data.train, cfg.data.val):
+        resize = split.transforms[0]
+        assert resize._target_ == "data.transforms.ResizeShortestEdge"
+        assert (list(resize.short_sizes), resize.max_size) == ([384], 512)
+    assert [t._target_ for t in cfg.data.train.transforms][1:] == ["albumentations.HorizontalFlip"]
+    assert len(cfg.data.val.transforms) == 1
+    assert cfg.data.val.batch_size == 8 and cfg.data.generate.num_train == 400
+
+
 def test_schedule_trains_the_best_paper_rows_longer_and_evaluates_along_the_way() -> None:
     got = settings("paper_schedule", lambda c: (c.loss.gamma, c.loss.alpha))
     assert got == [(0.0, 0.75), (2.0, 0.75)]
