@@ -17,10 +17,12 @@ Where the file will run matters. x86 CPUs without VNNI (AMD before Zen 4, Intel 
 Lake and Ice Lake) multiply uint8 inputs by int8 weights with ``VPMADDUBSW``, which adds each
 pair of products in 16 bits and saturates: two products of 255 × 127 overflow the int16 range,
 and the convolution's sum is silently wrong. ``reduce_range`` keeps the weights within ±64,
-where a pair (at most 2 × 255 × 64 = 32,640) always fits; it costs one bit of weight precision.
-VNNI (AVX-512 VNNI, AVX-VNNI) and Arm's dot products add in 32 bits and need no reduction. The
-default follows the CPU that exports (:func:`int8_saturates`); a file made elsewhere warns when
-it is loaded on a CPU where it can saturate (:class:`detector.export.OnnxPredictor`).
+where a pair (at most 2 × 255 × 64 = 32,640) always fits; it costs one bit of weight precision,
+which on three trained models moved AP by 0.3 or less (docs/benchmarks.md). It is the default,
+so that a file exported on one CPU runs right on any other; VNNI (AVX-512 VNNI, AVX-VNNI) and
+Arm's dot products add in 32 bits, where ``reduce_range=False`` keeps the full range. A
+full-range file warns when it is loaded on a CPU where it can saturate (:func:`int8_saturates`,
+:class:`detector.export.OnnxPredictor`).
 """
 
 from __future__ import annotations
@@ -109,11 +111,11 @@ def quantize(
     calibration: Sequence[Path],
     method: str = "minmax",
     opset: int = 18,
-    reduce_range: bool | None = None,
+    reduce_range: bool = True,
 ) -> Path:
     """Write ``out``, the int8 ONNX file of ``predictor``'s model calibrated on the images
     ``calibration``, and its sidecar ``out`` + ``.json``. ``reduce_range``: weights within ±64
-    (module docstring); None: where this CPU would saturate without it."""
+    (module docstring); False: the full int8 range, for CPUs with VNNI or Arm only."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -130,8 +132,6 @@ def quantize(
     if not calibration:
         raise ValueError("calibration: no image to calibrate on")
     check_readable(calibration)
-    if reduce_range is None:
-        reduce_range = int8_saturates()
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
     python tools/export.py checkpoint=CKPT [format=onnx|torchscript] [out=MODEL.onnx] [opset=18]
         [score_thresh=null] [int8=true calibration=DIR [calibration_images=64]
-        [calibration_method=minmax|percentile|entropy] [reduce_range=null|true|false]]
+        [calibration_method=minmax|percentile|entropy] [reduce_range=true|false]]
 
 Writes ``out`` (default: the checkpoint's path with ``.onnx``, or ``.torchscript``) and
 ``out.json``, the sidecar with the format, the class list, the resize to apply before the model
@@ -10,9 +10,9 @@ and the inputs and outputs (see detector/export.py). ONNX needs the ``export`` e
 (``pip install -e .[export]``: onnx, onnxscript, onnxruntime); TorchScript needs nothing more.
 ``int8=true`` (ONNX only) writes an int8 file instead (default ``.int8.onnx``): the convolutions'
 weights and inputs in 8 bits, calibrated on the first ``calibration_images`` images of the folder
-``calibration`` (detector/quantize.py). ``reduce_range=true`` keeps its weights within ±64, which
-x86 CPUs without VNNI need (their int8 products saturate otherwise); the default (null) chooses
-for the CPU that exports, so export on the kind of CPU that will run the file, or set it. Run a
+``calibration`` (detector/quantize.py), its weights within ±64, which x86 CPUs without VNNI
+need (their int8 products saturate otherwise); ``reduce_range=false`` keeps the full int8 range
+for CPUs with VNNI or Arm only (loading such a file elsewhere warns). Run a
 file with ``python tools/infer.py backend=onnx|torchscript checkpoint=MODEL input=...
 output=...``, score it with ``python tools/evaluate.py checkpoint=MODEL [data overrides]``.
 """
@@ -42,7 +42,7 @@ class Args:
     calibration: str | None = None
     calibration_images: int = 64
     calibration_method: str = "minmax"
-    reduce_range: bool | None = None
+    reduce_range: bool = True
 
 
 def run(cfg: DictConfig) -> int:
@@ -62,15 +62,14 @@ def run(cfg: DictConfig) -> int:
     except CheckpointError as e:
         raise SystemExit(f"focaldet: {e}") from e
     if args.int8:
-        from detector.quantize import int8_saturates, quantize
+        from detector.quantize import quantize
 
-        reduce_range = int8_saturates() if args.reduce_range is None else args.reduce_range
         try:
             quantize(predictor, out, calibration, args.calibration_method, args.opset,
-                     reduce_range)  # fmt: skip
+                     args.reduce_range)  # fmt: skip
         except ValueError as e:  # an unreadable calibration image
             raise SystemExit(f"focaldet: {e}") from e
-        weights = "weights within ±64" if reduce_range else "full-range weights"
+        weights = "weights within ±64" if args.reduce_range else "full-range weights"
         what = f"int8, {weights}, calibrated on {len(calibration)} images of {args.calibration}"
     else:
         export(predictor, out, args.format, args.opset)
@@ -83,8 +82,6 @@ def check_int8(args: Args) -> list[Path]:
     """The calibration images of ``int8=true`` (none without it); a ConfigError for settings
     that cannot make an int8 file."""
     if not args.int8:
-        if args.reduce_range is not None:
-            raise ConfigError("reduce_range applies to int8=true only")
         return []
     from detector.quantize import CALIBRATION_METHODS, calibration_images
 

@@ -243,10 +243,10 @@ def test_int8_export_quantises_every_convolution(
     from detector.quantize import quantized_fraction
 
     _, float_path = exported
-    # reduce_range=true: weights within ±64, whose products cannot saturate on any x86 CPU, so
+    # By default the weights stay within ±64, whose products cannot saturate on any x86 CPU, so
     # the comparison below holds on every machine (full-range weights: the next test).
     args = [f"checkpoint={checkpoint}", "int8=true", f"calibration={calibration}",
-            "calibration_images=6", "reduce_range=true"]  # fmt: skip
+            "calibration_images=6"]  # fmt: skip
     assert load_tool("export").main(args) == 0
     path = checkpoint.with_suffix(".int8.onnx")
     quantized, convs = quantized_fraction(path)
@@ -283,18 +283,18 @@ def _int8_weight_range(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_int8_export_follows_the_cpu_that_exports(
+def test_int8_export_with_full_range_weights_warns_where_they_saturate(
     checkpoint: Path, calibration: Path, tmp_path: Path, load_tool, monkeypatch, caplog
 ) -> None:
-    """Without ``reduce_range``, a CPU whose int8 products add in 32 bits (VNNI) gets full-range
-    weights; loading that file where products saturate (x86 without VNNI) warns, naming it."""
+    """``reduce_range=false``: the full int8 range (for CPUs whose products add in 32 bits);
+    loading that file where products saturate (x86 without VNNI) warns, naming it."""
     import detector.quantize
     from detector.export import OnnxPredictor
 
     monkeypatch.setattr(detector.quantize, "int8_saturates", lambda: False)
     out = tmp_path / "full.int8.onnx"
     args = [f"checkpoint={checkpoint}", "int8=true", f"calibration={calibration}",
-            "calibration_images=2", f"out={out}"]  # fmt: skip
+            "calibration_images=2", f"out={out}", "reduce_range=false"]  # fmt: skip
     assert load_tool("export").main(args) == 0
     assert _int8_weight_range(out) == (-127, 127)
     quantization = json.loads(Path(f"{out}.json").read_text())["quantization"]
@@ -361,7 +361,6 @@ def test_int8_export_rejects_bad_settings(
          "calibration_images must be >= 1, got 0"),
         (["int8=true", f"calibration={calibration}", "calibration_method=mse"],
          "calibration_method must be one of minmax, percentile, entropy, got 'mse'"),
-        (["reduce_range=true"], "reduce_range applies to int8=true only"),
     ]  # fmt: skip
     for args, message in cases:
         assert tool.main([ckpt, *args]) == 2, args

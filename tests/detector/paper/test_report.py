@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detector.paper.curve import curve_report
 from detector.paper.report import ReportError, write_report
 from detector.paper.runs import find_runs
 
@@ -159,6 +160,16 @@ def test_cli(runs: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 1
     assert bad.stderr.strip() == f"focaldet: {tmp_path / 'nope'}: no such directory"
+    for args in ([], [f"runs={runs}", f"curve_csv={tmp_path / 'a.csv'}"]):
+        both = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "report.py"), *args],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+        assert both.returncode == 2
+        assert both.stderr == (
+            "focaldet: config error: give either runs=DIR (training runs) or "
+            "curve_csv=[FILE,...] (runs tables of the imbalance curve)\n"
+        )
 
 
 def test_unreadable_runs_are_named(tmp_path: Path) -> None:
@@ -320,6 +331,64 @@ def test_the_imbalance_curve_is_ap_against_the_meter_reading(tmp_path: Path) -> 
     )
     assert "![AP against the imbalance](imbalance_curve.png)" in report
     assert (tmp_path / "out" / "imbalance_curve.png").stat().st_size > 0
+
+    # Every run in the runs table; seed 0 and seed 1 split into two tables (two machines, say)
+    # and pooled again give the same curve, with the readings the report measured.
+    lines = (tmp_path / "out" / "imbalance_curve_runs.csv").read_text().splitlines()
+    assert lines[0] == "data,ratio,gamma,alpha,seed,AP,AP50,AP75,status"
+    assert len(lines) == 1 + 12
+    assert (
+        lines[1] == f"{tmp_path / 'synthetic0'},{ratios[0]:.1f},0.0,0.25,0,20.0,70.0,40.0,finished"
+    )
+    by_seed = {
+        seed: [lines[0]] + [x for x in lines[1:] if x.split(",")[4] == seed] for seed in "01"
+    }
+    tables = []
+    for seed, rows in by_seed.items():
+        tables.append(tmp_path / f"seed{seed}.csv")
+        tables[-1].write_text("\n".join(rows) + "\n")
+    pooled = curve_report(tables, tmp_path / "pooled").read_text()
+    assert section(pooled, "The imbalance curve: AP against the imbalance") == table
+    assert (tmp_path / "pooled" / "imbalance_curve.png").stat().st_size > 0
+
+
+CSV_HEADER = "data,ratio,gamma,alpha,seed,AP,AP50,AP75,status"
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["data,AP"], "not a runs table: the columns must be " + CSV_HEADER),
+        ([CSV_HEADER, "d,4.6,0.0,0.25,zero,50,70,40,finished"],
+         "line 2: invalid literal for int() with base 10: 'zero'"),
+        ([CSV_HEADER, "d,4.6,0.0,0.25,0,50,70,40,done"],
+         "line 2: status must be finished, diverged or missing, got 'done'"),
+        ([CSV_HEADER, "d,4.6,0.0,0.25,0,50,70,40,finished", "d,5.0,2.0,0.25,0,50,70,40,finished"],
+         "line 3: d reads 5.0 here and 4.6 on an earlier line"),
+    ],
+)  # fmt: skip
+def test_a_bad_runs_table_is_named_with_its_line(lines, message, tmp_path: Path) -> None:
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ReportError) as error:
+        curve_report([path], tmp_path / "out")
+    assert str(error.value) == (f"{path}: {message}" if message.startswith("not") else
+                                f"{path}, {message}")  # fmt: skip
+
+
+def test_a_runs_table_with_a_seed_twice_is_refused(tmp_path: Path) -> None:
+    row = "d,4.6,2.0,0.25,0,50,70,40,finished"
+    tables = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for path in tables:
+        path.write_text(f"{CSV_HEADER}\n{row}\n")
+    with pytest.raises(ReportError, match="fill the same row of b.csv with the same seed 0"):
+        curve_report(tables, tmp_path / "out")
+    diverged = tmp_path / "c.csv"
+    diverged.write_text(f"{CSV_HEADER}\n{row}\nd,4.6,0.0,0.25,0,,,,diverged\n")
+    report = curve_report([diverged], tmp_path / "out").read_text()
+    assert section(report, "The imbalance curve: AP against the imbalance")[2] == (
+        "| `d` | 4.6 | — | 50.0 | 0 (+1 diverged), 1 |"
+    )
 
 
 def write_evaluations(run: Path, aps: dict[int, float]) -> None:
