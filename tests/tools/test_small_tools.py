@@ -33,7 +33,8 @@ def test_config_errors(run_in_process, run_tool, tmp_path) -> None:
          "format must be voc or yolo, not 'coco'"),
         ("convert_dataset.py", ["format=yolo", "img_dir=i", f"out={tmp_path / 'o.json'}"],
          "format=yolo needs labels_dir=DIR and classes=NAMES_FILE"),
-        ("report.py", [], "runs is not set: pass runs=VALUE"),
+        ("report.py", [], "give either runs=DIR (training runs) or curve_csv=[FILE,...] (runs "
+         "tables of the imbalance curve)"),
     ):  # fmt: skip
         done = run_in_process(tool, *args)
         assert done.returncode == 2, (tool, done.stderr)
