@@ -8,6 +8,7 @@ loss) is read from its config by the classes its ``_target_``s name, never from 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,12 +122,25 @@ def find_runs(runs_dir: str | Path) -> list[Run]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"{runs_dir}: no such directory")
-    runs = [
-        load_run(path.parent)
-        for path in sorted(runs_dir.rglob("config.yaml"))
-        if ".hydra" not in path.parent.parts
-    ]
+    runs = [load_run(path) for path in run_folders(runs_dir)]
     return [r for r in runs if r.params["table"] is not None]
+
+
+def run_folders(runs_dir: Path) -> list[Path]:
+    """The folders under ``runs_dir`` that hold a ``config.yaml``, sorted, following symbolic
+    links (runs gathered from several machines are often linked in, not copied); a folder
+    reached twice, through a link or a link loop, is listed once (under its first name)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(runs_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(name for name in subfolders if name != ".hydra")
+        if "config.yaml" in files:
+            found.append(Path(folder))
+    return sorted(found)
 
 
 def num(value: Any) -> str:

@@ -187,6 +187,20 @@ def test_unreadable_runs_are_named(tmp_path: Path) -> None:
         write_report(tmp_path / "empty", tmp_path / "o")
 
 
+def test_runs_linked_in_are_found_once(runs: Path, tmp_path: Path) -> None:
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    (gathered / "machine_a").symlink_to(runs / "1a")
+    (gathered / "machine_a_again").symlink_to(runs / "1a")
+    (gathered / "machine_b").symlink_to(runs / "1b")
+    (runs / "1b" / "loop").symlink_to(gathered)  # a link loop ends, it does not hang
+    found = [run.path.relative_to(gathered) for run in find_runs(gathered)]
+    assert found == [Path("machine_a", str(i)) for i in range(6)] + [
+        Path("machine_b/0"),
+        Path("machine_b/1"),
+    ]
+
+
 def test_each_dataset_gets_its_own_tables(tmp_path: Path) -> None:
     root = tmp_path / "multirun"
     synthetic = {"root": "datasets/synthetic", "val": {"ann_file": "x/instances_val.json"}}
