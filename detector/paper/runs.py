@@ -99,6 +99,8 @@ def load_run(run_dir: Path) -> Run:
         raise ReportError(f"{config_path}: not a training config ({e!r} is missing)") from None
     except ReportError as e:
         raise ReportError(f"{config_path}: {e}") from None
+    except OSError as e:  # e.g. a linked-in run whose target is gone
+        raise ReportError(f"{config_path}: cannot be read ({e.strerror})") from None
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         return Run(run_dir, params, None, "missing")

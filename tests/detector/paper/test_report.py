@@ -182,6 +182,10 @@ def test_unreadable_runs_are_named(tmp_path: Path) -> None:
     (tmp_path / "r" / "config.yaml").write_text("train: {}\n")
     with pytest.raises(ReportError, match=r"r/config.yaml: not a training config"):
         find_runs(tmp_path)
+    (tmp_path / "r" / "config.yaml").unlink()
+    (tmp_path / "r" / "config.yaml").symlink_to(tmp_path / "gone.yaml")  # a dangling link
+    with pytest.raises(ReportError, match=r"r/config.yaml: cannot be read \(No such file"):
+        find_runs(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReportError, match="no run folders"):
         write_report(tmp_path / "empty", tmp_path / "o")
